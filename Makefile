@@ -1,0 +1,45 @@
+# Everything a fresh machine needs, from Python 3.11+ and make alone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit ui run bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Run the whole daily cycle on embedded defaults (embedded Postgres, built-in portal simulator).
+demo: $(STAMP)
+	$(BIN)/python -m app demo
+
+## Lint, type-check and run the whole test suite against a real PostgreSQL.
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy app crm_resources crm_assets
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy app crm_resources crm_assets
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -x -q
+
+## Dagster UI and daemon for local use.
+ui: $(STAMP)
+	$(BIN)/python -m app ui
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_download.py
+	$(BIN)/python benchmarks/bench_ingest.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

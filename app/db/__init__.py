@@ -1,0 +1,1 @@
+"""Database layer: ORM models, engines and URLs, the embedded Postgres, migrations."""

@@ -1,0 +1,98 @@
+"""Runtime settings from the environment (and `.env`), validated once at start.
+
+A wrong value should stop the process with one readable line naming the variable, not a
+traceback from deep inside a run; `load_settings` turns pydantic's errors into that line.
+"""
+
+import zoneinfo
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A configuration or scope problem: the CLI exits with code 2 and prints the message."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql+asyncpg://user:pass@host/db; unset = embedded Postgres",
+    )
+    ingest_batch_size: int = Field(default=3000, ge=1, le=1_000_000)
+    data_dir: Path = Field(default=Path("./data"))
+    tms_web: str | None = Field(default=None, description="portal main site (login, home)")
+    tms_base: str | None = Field(default=None, description="portal reports site")
+    tms_username: str | None = None
+    tms_password: SecretStr | None = None
+    json_log_file: Path | None = None
+    timezone: str = Field(default="Asia/Kolkata")
+    download_concurrency: int = Field(default=8, ge=1, le=64)
+    download_rate_per_s: float = Field(default=20.0, gt=0, description="polite request rate")
+    download_timeout_s: float = Field(default=60.0, gt=0)
+    schedule_cron: str = Field(default="0 9 * * *", description="daily schedule, in `timezone`")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        raw = value.get_secret_value().strip()
+        if not raw.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
+            raise ValueError("must be a postgresql:// or postgresql+asyncpg:// URL")
+        return SecretStr(raw)
+
+    @field_validator("tms_web", "tms_base")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    def missing_portal_settings(self) -> list[str]:
+        """Names of the portal variables a real run needs but does not have."""
+        missing = []
+        for name in ("tms_web", "tms_base", "tms_username", "tms_password"):
+            value = getattr(self, name)
+            if value is None or (isinstance(value, SecretStr) and not value.get_secret_value()):
+                missing.append(name.upper())
+        return missing
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from env/.env; raises ConfigError naming each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
