@@ -20,6 +20,8 @@ from app.db import migrate
 from app.db.engine import create_engine
 from app.db.urls import render, to_async_url, to_sync_url, with_database
 
+pytest_plugins = ["tests.fixtures_portal"]
+
 PREFIX = "crm_test_"
 
 

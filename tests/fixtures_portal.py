@@ -1,0 +1,1 @@
+"""Pytest fixtures for the portal simulator (owned by the downloader/simulator work)."""
