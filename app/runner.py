@@ -1,35 +1,437 @@
-"""The CLI's pipeline entry points (`run`, `demo`, `ui`). Filled in by the asset-graph issue."""
+"""`python -m app run|demo|ui`: the asset graph, driven from the command line.
+
+This is the CLI's run path, the one place in `app/` that imports Dagster (lazily). `run`
+executes the same graph the daemon runs, in-process (`execute_in_process` with the real
+instance, so the run shows up in the UI), then performs the cleanup the sensor would, so a run
+outside the daemon does the whole cycle. Exit codes: 0 everything reconciled, 1 a bucket or
+store failed, 2 configuration or scope error (checked before anything is downloaded).
+"""
+
+import asyncio
+import dataclasses
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from app import json_logger
-from app.settings import Settings
+from app.config import BUCKETS
+from app.settings import ConfigError, Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+@dataclasses.dataclass
+class BucketSummary:
+    bucket: str
+    download_total: int | None = None
+    failed_stores: dict[str, str] = dataclasses.field(default_factory=dict)
+    merged_rows: int | None = None
+    expected_unique: int | None = None
+    ingested_rows: int | None = None
+    rejected: int | None = None
+    audit: str = "not run"
+    audit_id: int | None = None
+    reason: str | None = None
+    cleanup: str = "-"
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.audit in ("passed", "dry run")
+            and not self.failed_stores
+            and self.error is None
+            and self.cleanup not in ("refused", "failed")
+        )
+
+
+@dataclasses.dataclass
+class RunOutcome:
+    run_id: str
+    run_date: dt.date
+    dry_run: bool
+    buckets: dict[str, BucketSummary]
+    login_error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.login_error:
+            return EXIT_CONFIG
+        return EXIT_OK if all(b.ok for b in self.buckets.values()) else EXIT_FAILED
+
+
+def ensure_dagster_home(settings: Settings) -> Path:
+    """Local default: Dagster's embedded storage under DATA_DIR/.dagster (Docker sets its own)."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        home = str((settings.data_dir / ".dagster").resolve())
+        os.environ["DAGSTER_HOME"] = home
+    Path(home).mkdir(parents=True, exist_ok=True)
+    return Path(home)
+
+
+def _today(settings: Settings) -> dt.date:
+    return dt.datetime.now(settings.tz).date()
+
+
+def _validate_buckets(buckets: Sequence[str] | None) -> list[str]:
+    if not buckets:
+        return list(BUCKETS)
+    unknown = sorted(set(buckets) - set(BUCKETS))
+    if unknown:
+        raise ConfigError(f"unknown buckets {unknown}; choose from {', '.join(BUCKETS)}")
+    return [b for b in BUCKETS if b in buckets]
+
+
+async def _preflight(url: Any, stores: Sequence[str] | None) -> list[str]:
+    """Schema at head and a valid store scope, before anything is downloaded (else exit 2)."""
+    from app import stores as store_scope
+    from app.db import migrate
+    from app.db.engine import create_engine
+
+    current, head = migrate.current_revision(url), migrate.head_revision()
+    if current != head:
+        raise ConfigError(
+            f"database schema is at revision {current}, expected {head}: "
+            "run `python -m app db upgrade` first"
+        )
+    engine = create_engine(url)
+    try:
+        scope = await store_scope.etl_scope(engine, stores)
+        await store_scope.report_scope(engine)
+        return scope
+    finally:
+        await engine.dispose()
 
 
 def run_pipeline(
     settings: Settings,
     *,
-    run_date: object = None,
-    buckets: list[str] | None = None,
-    stores: list[str] | None = None,
+    run_date: dt.date | None = None,
+    buckets: Sequence[str] | None = None,
+    stores: Sequence[str] | None = None,
     dry_run: bool = False,
+    portal_override: dict[str, Any] | None = None,
 ) -> int:
-    json_logger.log_event("run", "the pipeline is not built yet", status="error")
-    return 1
+    """`python -m app run`: validate, execute the graph for one date, clean up, summarise."""
+    from app.db.engine import resolve_database_url
+
+    selected = _validate_buckets(buckets)
+    run_date = run_date or _today(settings)
+    if run_date > _today(settings):
+        raise ConfigError(f"--date {run_date} is in the future")
+    if portal_override is None and run_date == _today(settings):
+        if missing := settings.missing_portal_settings():
+            raise ConfigError(
+                "portal settings missing: "
+                + ", ".join(missing)
+                + " (set them in the environment or .env; `python -m app demo` uses the simulator)"
+            )
+    url = resolve_database_url(settings)
+    scope = asyncio.run(_preflight(url, stores))
+    json_logger.log_event(
+        "run",
+        f"running {', '.join(selected)} for {run_date} over {len(scope)} stores",
+        date=run_date,
+        extras={"buckets": selected, "stores": len(scope), "dry_run": dry_run},
+    )
+    outcome = execute_graph(
+        settings,
+        run_date=run_date,
+        buckets=selected,
+        stores=stores,
+        dry_run=dry_run,
+        portal_override=portal_override,
+    )
+    if not dry_run:
+        _cleanup_passed(outcome, url, settings.data_dir)
+    report(outcome)
+    return outcome.exit_code
+
+
+def execute_graph(
+    settings: Settings,
+    *,
+    run_date: dt.date,
+    buckets: Sequence[str],
+    stores: Sequence[str] | None,
+    dry_run: bool,
+    portal_override: dict[str, Any] | None = None,
+) -> RunOutcome:
+    import dagster as dg
+
+    from crm_assets.definitions import defs
+    from crm_assets.jobs import DAILY_JOB
+    from crm_assets.keys import AUDIT, MERGED, RAW, TABLE, key
+
+    ensure_dagster_home(settings)
+    job = defs.resolve_job_def(DAILY_JOB)
+    selection = [key(b, stage) for b in buckets for stage in (RAW, MERGED, TABLE, AUDIT)]
+    resources: dict[str, Any] = {
+        "options": {"config": {"dry_run": dry_run}},
+        "store_scope": {"config": {"only": list(stores) if stores else None}},
+    }
+    if portal_override:
+        resources["portal"] = {"config": portal_override}
+    with dg.DagsterInstance.get() as instance, _quiet_dagster():
+        result = job.execute_in_process(
+            partition_key=run_date.isoformat(),
+            instance=instance,
+            asset_selection=selection,
+            run_config={
+                "resources": resources,
+                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+            },
+            raise_on_error=False,
+            tags={"crm/source": "cli", "crm/dry_run": str(dry_run).lower()},
+        )
+    return summarise(result, run_date=run_date, buckets=buckets, dry_run=dry_run)
+
+
+@contextmanager
+def _quiet_dagster() -> Iterator[None]:
+    """Dagster's own console lines go to stderr; keep stdout for our JSON events."""
+    import logging
+
+    logger = logging.getLogger("dagster")
+    old = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def _meta(event: Any) -> dict[str, Any]:
+    return {k: getattr(v, "value", v) for k, v in (event.metadata or {}).items()}
+
+
+def summarise(
+    result: Any, *, run_date: dt.date, buckets: Sequence[str], dry_run: bool
+) -> RunOutcome:
+    """Per-bucket counts from the run's own materializations and check evaluations."""
+    from crm_assets.keys import AUDIT_CHECK
+
+    outcome = RunOutcome(
+        run_id=result.run_id,
+        run_date=run_date,
+        dry_run=dry_run,
+        buckets={b: BucketSummary(b) for b in buckets},
+    )
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        bucket, stage = mat.asset_key.path[0], mat.asset_key.path[-1]
+        if bucket not in outcome.buckets:
+            continue
+        summary, meta = outcome.buckets[bucket], _meta(mat)
+        data = meta.get("result") or {}
+        if stage == "raw_csvs":
+            summary.download_total = meta.get("download_total")
+            summary.failed_stores = dict(data.get("failed") or {})
+        elif stage == "merged_csv":
+            summary.merged_rows = meta.get("merged_rows")
+            summary.expected_unique = meta.get("expected_unique")
+        elif stage == "table":
+            summary.ingested_rows = meta.get("ingested_rows")
+            summary.rejected = meta.get("rejected")
+        elif stage == "audit":
+            summary.audit = "dry run" if meta.get("dry_run") else str(meta.get("status"))
+            summary.audit_id = meta.get("audit_id")
+            summary.reason = meta.get("reason")
+    for evaluation in result.get_asset_check_evaluations():
+        bucket = evaluation.asset_key.path[0]
+        if evaluation.check_name == AUDIT_CHECK and bucket in outcome.buckets and not dry_run:
+            summary = outcome.buckets[bucket]
+            summary.audit = "passed" if evaluation.passed else "failed"
+    for event in result.all_events:
+        if event.event_type_value != "STEP_FAILURE":
+            continue
+        error = event.step_failure_data.error if event.step_failure_data else None
+        message = _root_message(error)
+        step = event.step_key or ""
+        affected = [b for b in outcome.buckets if step.startswith(b)] or list(outcome.buckets)
+        if error is not None and _root_class(error) == "LoginError":
+            outcome.login_error = message
+        for bucket in affected:
+            outcome.buckets[bucket].error = outcome.buckets[bucket].error or message
+            if outcome.buckets[bucket].audit == "not run":
+                outcome.buckets[bucket].audit = "failed"
+    return outcome
+
+
+def _root_class(error: Any) -> str | None:
+    while (
+        error is not None
+        and error.cause is not None
+        and error.cls_name
+        in (
+            "DagsterExecutionStepExecutionError",
+            "DagsterUserCodeExecutionError",
+        )
+    ):
+        error = error.cause
+    return error.cls_name if error is not None else None
+
+
+def _root_message(error: Any) -> str:
+    seen = error
+    while (
+        seen is not None
+        and seen.cause is not None
+        and seen.cls_name
+        in (
+            "DagsterExecutionStepExecutionError",
+            "DagsterUserCodeExecutionError",
+        )
+    ):
+        seen = seen.cause
+    if seen is None:
+        return "step failed"
+    return (seen.message or "").strip().splitlines()[0] if seen.message else seen.cls_name or ""
+
+
+def _cleanup_passed(outcome: RunOutcome, url: Any, data_dir: Path) -> None:
+    """The sensor's job, done inline: delete the files of every passed audit of this run."""
+    from app.cleanup import cleanup_audit
+    from app.db.engine import create_engine
+
+    async def _run() -> None:
+        engine = create_engine(url)
+        try:
+            for summary in outcome.buckets.values():
+                if summary.audit_id is None:
+                    continue
+                with json_logger.run_context(outcome.run_id):
+                    result = await cleanup_audit(engine, summary.audit_id, data_dir.resolve())
+                summary.cleanup = result.status
+        finally:
+            await engine.dispose()
+
+    asyncio.run(_run())
+
+
+def report(outcome: RunOutcome) -> None:
+    """A table for a person at a terminal; one JSON summary event per bucket otherwise."""
+    for summary in outcome.buckets.values():
+        json_logger.log_event(
+            "run",
+            f"{summary.bucket}: audit {summary.audit}, cleanup {summary.cleanup}",
+            status="ok" if summary.ok else "error",
+            bucket=summary.bucket,
+            date=outcome.run_date,
+            counts={
+                "download_total": summary.download_total,
+                "merged_rows": summary.merged_rows,
+                "ingested_rows": summary.ingested_rows,
+                "expected_unique": summary.expected_unique,
+                "rejected": summary.rejected,
+            },
+            extras={
+                "dagster_run_id": outcome.run_id,
+                "failed_stores": summary.failed_stores,
+                "reason": summary.reason,
+                "error": summary.error,
+            },
+        )
+    if not sys.stdout.isatty():
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"CRM run {outcome.run_date} ({outcome.run_id[:8]})")
+    for column in ("bucket", "download", "failed stores", "merged", "ingested", "rejected"):
+        table.add_column(column, justify="right" if column != "bucket" else "left")
+    table.add_column("audit")
+    table.add_column("cleanup")
+    for s in outcome.buckets.values():
+        table.add_row(
+            s.bucket,
+            _n(s.download_total),
+            str(len(s.failed_stores)),
+            _n(s.merged_rows),
+            _n(s.ingested_rows),
+            _n(s.rejected),
+            f"[green]{s.audit}[/]" if s.audit == "passed" else f"[red]{s.audit}[/]",
+            s.cleanup,
+        )
+    Console().print(table)
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
 
 
 def run_demo(settings: Settings) -> int:
+    """The whole cycle on embedded defaults: simulator, embedded Postgres, seeded stores."""
+    from app import stores as store_master
     from app.db import migrate
-    from app.db.engine import resolve_database_url
+    from app.db.embedded import start_embedded
+    from app.db.engine import create_engine
+    from app.portal_sim import PortalSimulator, SimConfig
 
-    url = resolve_database_url(settings)
+    if settings.database_url is not None:
+        raise ConfigError(
+            "demo only runs on the embedded database (simulated data must never reach a real "
+            "one): unset DATABASE_URL"
+        )
+    url = start_embedded(settings.data_dir).database_url()
     migrate.upgrade(url)
-    json_logger.log_event(
-        "demo",
-        "embedded PostgreSQL is up and migrated; the download/merge/ingest graph is not built yet",
-        status="warn",
-    )
-    return 0
+    today = _today(settings)
+    with PortalSimulator(SimConfig(store_count=6, seed=42, today=today)) as sim:
+
+        async def _seed() -> None:
+            engine = create_engine(url)
+            try:
+                await store_master.upsert_stores(
+                    engine,
+                    [
+                        {**s, "etl_flag": True, "report_flag": True, "is_active": True}
+                        for s in sim.stores()
+                    ],
+                )
+            finally:
+                await engine.dispose()
+
+        asyncio.run(_seed())
+        json_logger.log_event(
+            "demo",
+            f"simulator serving {len(sim.store_codes)} stores at {sim.web_url}; "
+            "running today's partition end to end",
+            date=today,
+        )
+        return run_pipeline(
+            settings,
+            run_date=today,
+            portal_override={
+                "web_url": sim.web_url,
+                "base_url": sim.base_url,
+                "username": sim.username,
+                "password": sim.password,
+            },
+        )
 
 
 def run_ui(settings: Settings, *, host: str, port: int) -> int:
-    json_logger.log_event("ui", "the Dagster UI is not wired yet", status="error")
-    return 1
+    """`dagster dev`: webserver and daemon (schedules, sensors, backfills) for local use."""
+    home = ensure_dagster_home(settings)
+    json_logger.log_event(
+        "ui", f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={home})", extras={"port": port}
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-m",
+        "crm_assets.definitions",
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]
+    return subprocess.call(cmd)  # noqa: S603 - fixed argv, no shell

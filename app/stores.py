@@ -17,11 +17,19 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.coercion import to_bool
-from app.config import validate_store_code
+from app.config import validate_store_code as _validate_code
 from app.db.models import StoreMaster
 from app.settings import ConfigError
 
 NO_ETL_STORES = "no store has store_master.etl_flag = TRUE"
+
+
+def validate_store_code(code: str) -> str:
+    """A store code fit for paths and URLs, or a ConfigError (exit 2) that names it."""
+    try:
+        return _validate_code(code)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,7 @@ async def list_stores(engine: AsyncEngine) -> list[Store]:
                 StoreMaster.is_active,
             ).order_by(StoreMaster.store_code)
         )
-        return [Store(*row) for row in rows.tuples()]
+        return [Store(*row) for row in rows]
 
 
 async def etl_scope(engine: AsyncEngine, only: Sequence[str] | None = None) -> list[str]:
@@ -178,7 +186,7 @@ def read_store_csv(path: Path) -> list[dict[str, object]]:
             get = {k: row.get(orig) for k, orig in fields.items()}
             code = (get.get("store_code") or "").strip()
             try:
-                validate_store_code(code)
+                _validate_code(code)
             except ValueError as exc:
                 raise ConfigError(f"{path}:{line}: {exc}") from None
             stores.append(

@@ -1,5 +1,19 @@
-"""The code location: `crm_assets.definitions:defs`."""
+"""The code location: `crm_assets.definitions:defs` (workspace.yaml, `dagster dev -m ...`)."""
 
 import dagster as dg
 
-defs = dg.Definitions(assets=[])
+from crm_assets.cleanup import cleanup_job, cleanup_on_passed_audit
+from crm_assets.factory import build_all_assets
+from crm_assets.jobs import bucket_jobs, daily_job, daily_schedule
+from crm_resources import default_resources
+
+assets, asset_checks = build_all_assets()
+
+defs = dg.Definitions(
+    assets=assets,
+    asset_checks=asset_checks,
+    jobs=[daily_job, *bucket_jobs, cleanup_job],
+    schedules=[daily_schedule],
+    sensors=[cleanup_on_passed_audit],
+    resources=default_resources(),
+)
