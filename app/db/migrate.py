@@ -30,7 +30,11 @@ def downgrade(url: URL | str, revision: str) -> None:
 
 def check(url: URL | str) -> None:
     """Raise if the models and the migrations have drifted apart (autogenerate finds a diff)."""
-    command.check(alembic_config(url))
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only JSON events
+        command.check(alembic_config(url))
 
 
 def current_revision(url: URL | str) -> str | None:
