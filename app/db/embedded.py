@@ -44,7 +44,9 @@ class EmbeddedPostgres:
 _SERVERS: dict[Path, EmbeddedPostgres] = {}
 
 
-def start_embedded(data_dir: Path, *, database: str | None = APP_DATABASE) -> EmbeddedPostgres:
+def start_embedded(
+    data_dir: Path, *, database: str | None = APP_DATABASE, cleanup_mode: str = "stop"
+) -> EmbeddedPostgres:
     """Start (or reuse) the embedded server under `data_dir/.pg` and make sure `database` exists."""
     pgdata = (data_dir / ".pg").resolve()
     if pgdata not in _SERVERS:
@@ -55,7 +57,7 @@ def start_embedded(data_dir: Path, *, database: str | None = APP_DATABASE) -> Em
             import pgserver  # imported lazily: only the embedded mode needs it
 
         pgdata.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
         url = make_url(server.get_uri()).set(drivername=SYNC_DRIVER)
         _SERVERS[pgdata] = EmbeddedPostgres(pgdata=pgdata, server_url=url, server=server)
         log_event(
