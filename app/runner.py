@@ -68,11 +68,16 @@ class RunOutcome:
 def ensure_dagster_home(settings: Settings) -> Path:
     """Local default: Dagster's embedded storage under DATA_DIR/.dagster (Docker sets its own)."""
     home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        home = str((settings.data_dir / ".dagster").resolve())
-        os.environ["DAGSTER_HOME"] = home
-    Path(home).mkdir(parents=True, exist_ok=True)
-    return Path(home)
+    if home:
+        Path(home).mkdir(parents=True, exist_ok=True)
+        return Path(home)
+    local = (settings.data_dir / ".dagster").resolve()
+    local.mkdir(parents=True, exist_ok=True)
+    config = local / "dagster.yaml"
+    if not config.exists():  # embedded SQLite storage; no telemetry banner on the console
+        config.write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(local)
+    return local
 
 
 def _today(settings: Settings) -> dt.date:

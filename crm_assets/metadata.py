@@ -16,7 +16,7 @@ def result_metadata(result: Any, **counts: Any) -> dict[str, Any]:
     for name, value in counts.items():
         if value is None:
             continue
-        if isinstance(value, (int, float, str, bool)):
+        if isinstance(value, (int, float, str, bool, dg.MetadataValue)):
             meta[name] = value
         else:
             meta[name] = dg.MetadataValue.json(to_jsonable(value))
@@ -46,7 +46,7 @@ def rows_by_store_markdown(rows_by_store: Mapping[str, int], failed: Mapping[str
     lines = ["| store | rows | status |", "|---|---:|---|"]
     for store in sorted(set(rows_by_store) | set(failed)):
         if store in failed:
-            lines.append(f"| {store} | – | failed: {failed[store]} |")
+            lines.append(f"| {store} | - | failed: {failed[store]} |")
         else:
             lines.append(f"| {store} | {rows_by_store[store]} | ok |")
     return "\n".join(lines)

@@ -57,7 +57,9 @@ def test_schedule_targets_todays_partition() -> None:
     assert schedule.cron_schedule == "0 9 * * *"
     assert schedule.execution_timezone == "Asia/Kolkata"
     tick = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))
-    with dg.build_schedule_context(scheduled_execution_time=tick) as context:
+    with dg.build_schedule_context(
+        scheduled_execution_time=tick, repository_def=defs.get_repository_def()
+    ) as context:
         data = schedule.evaluate_tick(context)
     (request,) = data.run_requests or []
     assert request.partition_key == "2026-11-27"
@@ -76,6 +78,7 @@ def graph_env(monkeypatch, database_url: URL, tmp_path: Path):
     monkeypatch.setenv("DATA_DIR", str(data_dir))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     (tmp_path / "dagster_home").mkdir()
+    (tmp_path / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     for var in ("TMS_WEB", "TMS_BASE", "TMS_USERNAME", "TMS_PASSWORD"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr("app.runner._today", lambda settings: TODAY)
@@ -213,9 +216,13 @@ def test_rejected_row_keeps_files_fails_the_check_and_exits_1(
 def test_one_store_failing_loads_the_others_warns_and_exits_1(
     graph_env: Path, database_url: URL, make_portal_sim
 ) -> None:
-    sim = make_portal_sim(store_count=3, seed=9, today=TODAY)
-    bad = sim.store_codes[0]
-    sim.config.store_behaviour[bad] = "500:*@missed_leads"
+    bad = "F001"
+    sim = make_portal_sim(
+        store_codes=[bad, "G002", "H003"],
+        seed=9,
+        today=TODAY,
+        store_behaviour={bad: "500:*@missed_leads"},
+    )
     _seed(database_url, sim)
     outcome: RunOutcome = execute_graph(
         load_settings(),
@@ -236,7 +243,8 @@ def test_one_store_failing_loads_the_others_warns_and_exits_1(
             dg.AssetCheckKey(key("missed_leads", AUDIT), DOWNLOAD_CHECK)
         )
         assert evaluation is not None
-        assert evaluation.event.passed is False  # type: ignore[union-attr]
+        assert evaluation.evaluation is not None
+        assert evaluation.evaluation.passed is False
 
 
 def _expected_keys_stores(sim, stores: list[str]) -> set[str]:
