@@ -191,12 +191,12 @@ def _from_json(tp: Any, value: Any) -> Any:
     if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
         return from_jsonable(tp, value)  # type: ignore[arg-type]
     if origin in (dict, Mapping) or tp in (dict,):
-        args = typing.get_args(tp)
-        vt = args[1] if len(args) == 2 else Any
+        kv = typing.get_args(tp)
+        vt = kv[1] if len(kv) == 2 else Any
         return {k: _from_json(vt, v) for k, v in value.items()}
     if origin in (list, Sequence, tuple) or tp in (list,):
-        args = typing.get_args(tp)
-        et = args[0] if args else Any
+        items = typing.get_args(tp)
+        et = items[0] if items else Any
         return [_from_json(et, v) for v in value]
     return value
 

@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,15 +131,34 @@ def run_pipeline(
     run_date = run_date or _today(settings)
     if run_date > _today(settings):
         raise ConfigError(f"--date {run_date} is in the future")
-    if portal_override is None and run_date == _today(settings):
-        if missing := settings.missing_portal_settings():
-            raise ConfigError(
-                "portal settings missing: "
-                + ", ".join(missing)
-                + " (set them in the environment or .env; `python -m app demo` uses the simulator)"
-            )
+    missing = settings.missing_portal_settings()
+    if portal_override is None and run_date == _today(settings) and missing:
+        raise ConfigError(
+            "portal settings missing: "
+            + ", ".join(missing)
+            + " (set them in the environment or .env; `python -m app demo` uses the simulator)"
+        )
     url = resolve_database_url(settings)
     scope = asyncio.run(_preflight(url, stores))
+    # One id for the whole execution: the Dagster run id, also on every JSON event of it.
+    run_id = str(uuid.uuid4())
+    with json_logger.run_context(run_id):
+        return _run(
+            settings, url, run_id, run_date, selected, scope, stores, dry_run, portal_override
+        )
+
+
+def _run(
+    settings: Settings,
+    url: Any,
+    run_id: str,
+    run_date: dt.date,
+    selected: list[str],
+    scope: list[str],
+    stores: Sequence[str] | None,
+    dry_run: bool,
+    portal_override: dict[str, Any] | None,
+) -> int:
     json_logger.log_event(
         "run",
         f"running {', '.join(selected)} for {run_date} over {len(scope)} stores",
@@ -152,6 +172,7 @@ def run_pipeline(
         stores=stores,
         dry_run=dry_run,
         portal_override=portal_override,
+        run_id=run_id,
     )
     if not dry_run:
         _cleanup_passed(outcome, url, settings.data_dir)
@@ -167,6 +188,7 @@ def execute_graph(
     stores: Sequence[str] | None,
     dry_run: bool,
     portal_override: dict[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> RunOutcome:
     import dagster as dg
 
@@ -193,6 +215,7 @@ def execute_graph(
                 "loggers": {"console": {"config": {"log_level": "WARNING"}}},
             },
             raise_on_error=False,
+            run_id=run_id,
             tags={"crm/source": "cli", "crm/dry_run": str(dry_run).lower()},
         )
     return summarise(result, run_date=run_date, buckets=buckets, dry_run=dry_run)
@@ -305,6 +328,8 @@ def _cleanup_passed(outcome: RunOutcome, url: Any, data_dir: Path) -> None:
     from app.cleanup import cleanup_audit
     from app.db.engine import create_engine
 
+    root = data_dir.resolve()
+
     async def _run() -> None:
         engine = create_engine(url)
         try:
@@ -312,7 +337,7 @@ def _cleanup_passed(outcome: RunOutcome, url: Any, data_dir: Path) -> None:
                 if summary.audit_id is None:
                     continue
                 with json_logger.run_context(outcome.run_id):
-                    result = await cleanup_audit(engine, summary.audit_id, data_dir.resolve())
+                    result = await cleanup_audit(engine, summary.audit_id, root)
                 summary.cleanup = result.status
         finally:
             await engine.dispose()

@@ -30,8 +30,8 @@ class DatabaseResource(dg.ConfigurableResource):
             return to_async_url(self.database_url)
         return resolve_database_url(load_settings())
 
-    @contextlib.asynccontextmanager  # type: ignore[override]
-    async def yield_for_execution(
+    @contextlib.asynccontextmanager
+    async def yield_for_execution(  # type: ignore[override]
         self, context: dg.InitResourceContext
     ) -> AsyncIterator["DatabaseResource"]:
         engine = create_engine(self.url())
