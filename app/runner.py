@@ -177,6 +177,11 @@ def _run(
     if not dry_run:
         _cleanup_passed(outcome, url, settings.data_dir)
     report(outcome)
+    if outcome.login_error:
+        json_logger.log_event(
+            "error", outcome.login_error, status="error", extras={"exit_code": EXIT_CONFIG}
+        )
+        print(f"error: {outcome.login_error}", file=sys.stderr)
     return outcome.exit_code
 
 

@@ -37,27 +37,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.portal_sim.data import MISSED_LEADS_HEADER  # noqa: E402 - after the path fix above
+
 BUCKET = "missed_leads"
 D1 = dt.date(2026, 3, 6)
 D2 = dt.date(2026, 3, 7)
 
-HEADER = [
-    "id",
-    "mobile_number",
-    "pickup_no",
-    "pickup_created_date",
-    "pickup_created_time",
-    "store_code",
-    "store_name",
-    "pickup_date",
-    "pickup_time",
-    "customer_name",
-    "special_instruction",
-    "source",
-    "final_source",
-    "customer_type",
-    "is_order_placed",
-]
+HEADER = MISSED_LEADS_HEADER  # exactly as the portal writes it
 NOTES = [
     "",
     "",

@@ -15,40 +15,11 @@ from pathlib import Path
 from app.coercion import normalize_header
 from app.config import FILE_SPECS, file_specs_for_bucket
 from app.csv_io import SENTINEL
+from app.portal_sim.data import MISSED_LEADS_HEADER
 
-MISSED_HEADER = [
-    "id",
-    "mobile_number",
-    "pickup_no",
-    "pickup_created_date",
-    "pickup_created_time",
-    "store_code",
-    "store_name",
-    "pickup_date",
-    "pickup_time",
-    "customer_name",
-    "special_instruction",
-    "source",
-    "final_source",
-    "customer_type",
-    "is_order_placed",
-]
-# The undelivered export as the portal heads it: `order_no`, not the spec's `order_id`.
-UNDELIVERED_HEADER = [
-    "order_no",
-    "order_date",
-    "store_code",
-    "store_name",
-    "taxable_amount",
-    "net_amount",
-    "service_code",
-    "mobile_no",
-    "status",
-    "customer_id",
-    "expected_deliver_on",
-    "actual_deliver_on",
-]
-REPEAT_HEADER = ["Store Code", "Mobile No.", "Status"]
+# The headers exactly as the portal writes them (the simulator is the model of the portal);
+# the undelivered export heads its first column `order_no`, not the spec's `order_id`.
+MISSED_HEADER = MISSED_LEADS_HEADER
 
 
 def store_file(data_dir: Path, run_date: dt.date, bucket: str, store: str) -> Path:
