@@ -125,6 +125,7 @@ def build_download_asset(buckets: Sequence[str]) -> dg.AssetsDefinition:
         selected = [b for b in buckets if key(b, RAW) in context.selected_asset_keys]
         with json_logger.run_context(context.run.run_id):
             stores = await store_scope.etl_stores(db.engine)
+            await store_scope.report_stores(db.engine)  # a report store outside ETL scope: stop
             raw = await acquire_raw_files(
                 portal.credentials,
                 buckets=selected,
@@ -133,7 +134,7 @@ def build_download_asset(buckets: Sequence[str]) -> dg.AssetsDefinition:
                 today=_today(),
                 data_dir=data_dir.root(),
                 limits=portal.limits(),
-                progress=False,
+                progress=None,  # a progress bar at a terminal, JSON only otherwise
             )
         errors = {b: r.error for b, r in raw.items() if r.error}
         for bucket, files in raw.items():

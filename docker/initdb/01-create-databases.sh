@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # First start of the `db` service only: the postgres image runs /docker-entrypoint-initdb.d/*
 # once, when the data volume is empty (never again, so later password changes are made with
-# ALTER ROLE by hand; see docs/deploy.md).
+# ALTER ROLE by hand; see README.md ("Deploy")).
 #
 # Creates one login role and one database for each user of the server:
 #   CRM_DB_USER / CRM_DB_NAME         the app's tables (Alembic, `python -m app ...`)
