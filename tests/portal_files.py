@@ -15,11 +15,13 @@ from pathlib import Path
 from app.coercion import normalize_header
 from app.config import FILE_SPECS, file_specs_for_bucket
 from app.csv_io import SENTINEL
-from app.portal_sim.data import MISSED_LEADS_HEADER
+from app.portal_sim import data as portal_data
 
 # The headers exactly as the portal writes them (the simulator is the model of the portal);
 # the undelivered export heads its first column `order_no`, not the spec's `order_id`.
-MISSED_HEADER = MISSED_LEADS_HEADER
+MISSED_HEADER = portal_data.MISSED_LEADS_HEADER
+UNDELIVERED_HEADER = portal_data.UNDELIVERED_HEADER
+REPEAT_HEADER = portal_data.REPEAT_HEADER
 
 
 def store_file(data_dir: Path, run_date: dt.date, bucket: str, store: str) -> Path:
