@@ -285,10 +285,11 @@ def summarise(
         if event.event_type_value != "STEP_FAILURE":
             continue
         error = event.step_failure_data.error if event.step_failure_data else None
-        message = _root_message(error)
+        root = _root_error(error)
+        message = _root_message(root)
         step = event.step_key or ""
         affected = [b for b in outcome.buckets if step.startswith(b)] or list(outcome.buckets)
-        if error is not None and _root_class(error) == "LoginError":
+        if root is not None and root.cls_name == "LoginError":
             outcome.login_error = message
         for bucket in affected:
             outcome.buckets[bucket].error = outcome.buckets[bucket].error or message
@@ -297,35 +298,20 @@ def summarise(
     return outcome
 
 
-def _root_class(error: Any) -> str | None:
-    while (
-        error is not None
-        and error.cause is not None
-        and error.cls_name
-        in (
-            "DagsterExecutionStepExecutionError",
-            "DagsterUserCodeExecutionError",
-        )
-    ):
+_DAGSTER_WRAPPERS = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError")
+
+
+def _root_error(error: Any) -> Any:
+    """The user's exception inside Dagster's wrappers (what actually went wrong)."""
+    while error is not None and error.cause is not None and error.cls_name in _DAGSTER_WRAPPERS:
         error = error.cause
-    return error.cls_name if error is not None else None
+    return error
 
 
-def _root_message(error: Any) -> str:
-    seen = error
-    while (
-        seen is not None
-        and seen.cause is not None
-        and seen.cls_name
-        in (
-            "DagsterExecutionStepExecutionError",
-            "DagsterUserCodeExecutionError",
-        )
-    ):
-        seen = seen.cause
-    if seen is None:
+def _root_message(root: Any) -> str:
+    if root is None:
         return "step failed"
-    return (seen.message or "").strip().splitlines()[0] if seen.message else seen.cls_name or ""
+    return (root.message or "").strip().splitlines()[0] if root.message else root.cls_name or ""
 
 
 def _cleanup_passed(outcome: RunOutcome, url: Any, data_dir: Path) -> None:
