@@ -6,12 +6,18 @@ exactly the files in the audit's manifest, each still inside `DATA_DIR` (resolve
 and unchanged since the audit (same size and sha256).
 
 All-or-nothing: every file is first renamed into one trash folder on the same filesystem
-(`DATA_DIR/.trash/<tag>-<random>/`), next to a journal listing the moves. Only when every move
-succeeded is the journal marked committed and the folder removed. Any failure moves back what
-was moved. A crash in the middle leaves a journal behind; the next cleanup (of any bucket)
+(`DATA_DIR/.trash/<date>/<tag>-<random>/`), next to a journal listing the moves. Only when every
+move succeeded is the journal marked committed and the folder removed. Any failure moves back
+what was moved. A crash in the middle leaves a journal behind; the next cleanup of the same date
 first recovers it: an uncommitted journal is rolled back (every file returns to its place), a
 committed one is rolled forward (the trash is removed). So after recovery either all the
 manifest's files are in place or none is.
+
+One cleanup per date at a time: `cleanup_audit` holds the run date (`app.run_lock`) while it
+recovers and moves, so recovery only ever touches journals of its own date, whose cleanup
+cannot be running (a cleanup of another date has its own trash folder and is never undone).
+Every outcome is recorded on the audit row (`cleanup_status`, `cleanup_run_id`,
+`cleanup_reason`): the sensor launches cleanups only for passed audits without an outcome.
 
 Running cleanup twice is harmless: files already gone (and a committed earlier cleanup) give
 `already_clean`. A failed audit gives `kept`, and its reason is logged as the discrepancy.
@@ -30,11 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, func, text, update
+from sqlalchemy import Table, func, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.models import PipelineAudit
 from app.json_logger import log_event
+from app.run_lock import DEFAULT_WAIT_S, hold_run_date
 
 TRASH_DIR = ".trash"
 JOURNAL = "journal.json"
@@ -92,9 +99,17 @@ def _move_back(moves: Sequence[Sequence[str]]) -> list[str]:
     return failed
 
 
-def recover_trash(data_dir: Path) -> list[dict[str, Any]]:
-    """Finish what a crashed cleanup left: roll back uncommitted trash, drop committed trash."""
-    root = Path(data_dir) / TRASH_DIR
+def trash_root(data_dir: Path, run_date: dt.date | None) -> Path:
+    """The trash of one date's cleanups (`None`: the undated trash of `cleanup_manifest`)."""
+    return Path(data_dir) / TRASH_DIR / (run_date.isoformat() if run_date else "undated")
+
+
+def recover_trash(data_dir: Path, run_date: dt.date | None = None) -> list[dict[str, Any]]:
+    """Finish what a crashed cleanup of `run_date` left: roll back uncommitted, drop committed.
+
+    The caller holds the date, so no cleanup of that date is in flight.
+    """
+    root = trash_root(data_dir, run_date)
     actions: list[dict[str, Any]] = []
     if not root.is_dir():
         return actions
@@ -119,9 +134,18 @@ def recover_trash(data_dir: Path) -> list[dict[str, Any]]:
             "cleanup",
             f"recovered an interrupted cleanup: {action['action']}",
             status="warn",
+            date=run_date,
             extras=action,
         )
+    _remove_empty(root)
     return actions
+
+
+def _remove_empty(root: Path) -> None:
+    """Drop the date's trash folder and `.trash` itself once empty (no litter after cleanup)."""
+    for folder in (root, root.parent):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -156,7 +180,7 @@ def cleanup_manifest(
         )
         return CleanupResult(status, reason, list(deleted or []), bucket, run_date)
 
-    recover_trash(root)
+    recover_trash(root, run_date)
     problems: list[str] = []
     present: list[tuple[Path, Mapping[str, Any]]] = []
     gone: list[str] = []
@@ -197,7 +221,7 @@ def cleanup_manifest(
     if problems:
         return decide("refused", "changed since the audit: " + "; ".join(problems))
 
-    trash = root / TRASH_DIR / f"{tag}-{secrets.token_hex(4)}"
+    trash = trash_root(root, run_date) / f"{tag}-{secrets.token_hex(4)}"
     trash.mkdir(parents=True)
     planned = [(str(p), str(trash / f"{i:04d}-{p.name}")) for i, (p, _) in enumerate(present)]
     _write_journal(trash, "moving", planned)
@@ -217,11 +241,13 @@ def cleanup_manifest(
         not_restored = _move_back(moved)
         if not not_restored:
             shutil.rmtree(trash, ignore_errors=True)
+            _remove_empty(trash.parent)
         reason = f"move into trash failed, everything moved back: {exc}"
         if not_restored:
             reason += f" (NOT restored, still in {trash}: {not_restored})"
         return decide("refused", reason)
     shutil.rmtree(trash, ignore_errors=True)
+    _remove_empty(trash.parent)
     for src, _ in planned:
         log_event("cleanup", f"deleted {Path(src).name}", extras={"path": src}, **fields)
     for folder in sorted({Path(src).parent for src, _ in planned}, reverse=True):
@@ -231,8 +257,19 @@ def cleanup_manifest(
     return decide("deleted", None, [src for src, _ in planned])
 
 
-async def cleanup_audit(engine: AsyncEngine, audit_id: int, data_dir: Path) -> CleanupResult:
-    """Clean up after one audit: only a passed one, under an advisory lock on the audit id."""
+async def cleanup_audit(
+    engine: AsyncEngine,
+    audit_id: int,
+    data_dir: Path,
+    *,
+    run_id: str,
+    wait_s: float = DEFAULT_WAIT_S,
+) -> CleanupResult:
+    """Clean up after one audit: only a passed one, holding its run date, outcome recorded.
+
+    `run_id` is the run doing the cleanup (the CLI run itself, or the sensor's cleanup run): the
+    date lock is re-entrant for it, so the CLI cleans up inside the lock it ran under.
+    """
     from app.audit import PASSED, get_audit
 
     audit = await get_audit(engine, audit_id)
@@ -240,44 +277,81 @@ async def cleanup_audit(engine: AsyncEngine, audit_id: int, data_dir: Path) -> C
         log_event("cleanup", f"no audit {audit_id}; nothing deleted", status="error")
         return CleanupResult("refused", f"no audit with id {audit_id}")
     if audit.status != PASSED:
-        reason = audit.reason or f"audit status is {audit.status}"
-        log_event(
-            "cleanup",
-            f"audit failed; keeping every file. discrepancy: {reason}",
-            status="warn",
-            bucket=audit.bucket,
-            date=audit.run_date,
-            counts={
-                "download_total": audit.download_total,
-                "merged_rows": audit.merged_rows,
-                "ingested_rows": audit.ingested_rows,
-                "expected_unique": audit.expected_unique,
-                "rejected": audit.rejected,
-            },
-            extras={"decision": "kept", "audit_id": audit_id, "reason": reason},
-        )
-        result = CleanupResult("kept", reason, [], audit.bucket, audit.run_date)
-        await _record(engine, audit_id, result)
-        return result
-    async with engine.begin() as conn:
-        # Two cleanups of the same audit never run side by side (the sensor and a manual run).
-        await conn.execute(
-            text("SELECT pg_advisory_xact_lock(:key)"), {"key": 0x0C1EA000 + audit_id}
-        )
-        result = cleanup_manifest(
-            audit.manifest,
-            data_dir,
-            tag=f"audit{audit_id}",
-            bucket=audit.bucket,
-            run_date=audit.run_date,
-        )
-    await _record(engine, audit_id, result)
+        result = _kept(audit_id, audit)
+    else:
+        with hold_run_date(engine.url, audit.run_date, run_id, source="cleanup", wait_s=wait_s):
+            fresh = await get_audit(engine, audit_id)
+            if fresh is not None and fresh.cleanup_status is not None:
+                return CleanupResult(
+                    "already_clean",
+                    f"cleanup already recorded: {fresh.cleanup_status} by run "
+                    f"{fresh.cleanup_run_id}",
+                    [],
+                    audit.bucket,
+                    audit.run_date,
+                )
+            result = cleanup_manifest(
+                audit.manifest,
+                data_dir,
+                tag=f"audit{audit_id}",
+                bucket=audit.bucket,
+                run_date=audit.run_date,
+            )
+            if result.status == "deleted":
+                _remove_run_bookkeeping(audit.manifest, audit.bucket, data_dir)
+            await _record(engine, audit_id, result, run_id)
+            return result
+    await _record(engine, audit_id, result, run_id)
     return result
 
 
-async def _record(engine: AsyncEngine, audit_id: int, result: CleanupResult) -> None:
+def _remove_run_bookkeeping(
+    manifest: Sequence[Mapping[str, Any]], bucket: str, data_dir: Path
+) -> None:
+    """The bucket's step results go with its files; then the run and date folders, if bare."""
+    from app.step_results import remove_results
+
+    root = Path(data_dir).resolve()
+    for entry in manifest:
+        if entry.get("kind") != "merged":
+            continue
+        run_dir = Path(str(entry["path"])).parent
+        if not _inside(run_dir, root) or run_dir == root:
+            continue
+        remove_results(run_dir, bucket)
+        for folder in (run_dir, run_dir.parent):
+            if folder != root:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def _kept(audit_id: int, audit: Any) -> CleanupResult:
+    reason = audit.reason or f"audit status is {audit.status}"
+    log_event(
+        "cleanup",
+        f"audit failed; keeping every file. discrepancy: {reason}",
+        status="warn",
+        bucket=audit.bucket,
+        date=audit.run_date,
+        counts={
+            "download_total": audit.download_total,
+            "merged_rows": audit.merged_rows,
+            "ingested_rows": audit.ingested_rows,
+            "expected_unique": audit.expected_unique,
+            "rejected": audit.rejected,
+        },
+        extras={"decision": "kept", "audit_id": audit_id, "reason": reason},
+    )
+    return CleanupResult("kept", reason, [], audit.bucket, audit.run_date)
+
+
+async def _record(engine: AsyncEngine, audit_id: int, result: CleanupResult, run_id: str) -> None:
     table: Table = PipelineAudit.__table__  # type: ignore[assignment]
-    values: dict[str, Any] = {"cleanup_status": result.status}
+    values: dict[str, Any] = {
+        "cleanup_status": result.status,
+        "cleanup_run_id": run_id,
+        "cleanup_reason": result.reason,
+    }
     if result.status == "deleted":
         values["cleaned_at"] = func.now()
     stmt = update(table).where(table.c.id == audit_id)

@@ -4,10 +4,12 @@
 downstream (downloader, merger, ingester, ORM and row models, the Dagster factory) is generated
 from these three dicts, so adding a bucket is a change here plus an Alembic revision.
 
-Two additions the real portal files need, both optional per bucket so the seed's keys stay intact:
+Three additions the real portal files need, all optional per bucket so the seed's keys stay intact:
 - `header_aliases`: other headers the portal uses for a mapped CSV column (the undelivered
   export heads its first column `order_no`, which the spec calls `order_id`).
 - `dedupe_prefer`: which row wins when a dedupe key repeats (see `app.merger`).
+- `quarantine`: reject codes (`app.rejects`) that do not block the cleanup because the raw row
+  is kept in `ingest_rejects`; default `["missing_key"]`.
 """
 
 import datetime as dt
@@ -121,6 +123,7 @@ MERGE_BUCKET_DB_SPECS: Final[dict[str, dict[str, Any]]] = {
             "is_order_placed": "bool",  # 1=True; 0/other=False
         },
         "header_aliases": {},
+        "quarantine": ["missing_key"],
         # A lead that converted beats one that did not; then the most recently created one.
         "dedupe_prefer": [
             ("is_order_placed", "desc"),
@@ -160,6 +163,7 @@ MERGE_BUCKET_DB_SPECS: Final[dict[str, dict[str, Any]]] = {
             "actual_deliver_on": "date",
         },
         "header_aliases": {"order_no": "order_id"},
+        "quarantine": ["missing_key"],
         # A delivered order (it has an actual delivery date) beats a pending copy of itself.
         "dedupe_prefer": [("actual_deliver_on", "desc")],
     },
@@ -177,6 +181,9 @@ MERGE_BUCKET_DB_SPECS: Final[dict[str, dict[str, Any]]] = {
             "status": "str",
         },
         "header_aliases": {},
+        # A blank `Mobile No.` is normal on the real portal: such a row is kept in
+        # ingest_rejects (quarantined), so it never blocks the day's cleanup.
+        "quarantine": ["missing_key"],
         "dedupe_prefer": [],
     },
 }
@@ -230,6 +237,9 @@ def validate_specs() -> None:
         for column, direction in spec.get("dedupe_prefer", []):
             if column not in targets or direction not in ("asc", "desc"):
                 raise ValueError(f"{bucket}: bad dedupe_prefer entry {(column, direction)!r}")
+        quarantine = spec.get("quarantine", [])
+        if not isinstance(quarantine, list) or not all(isinstance(c, str) for c in quarantine):
+            raise ValueError(f"{bucket}: quarantine must be a list of reject codes")
         if bucket not in MERGED_NAMES:
             raise ValueError(f"{bucket}: no MERGED_NAMES entry")
         if not file_specs_for_bucket(bucket):

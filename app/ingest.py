@@ -24,10 +24,11 @@ it is in the table (rows and rejects alike) and a rerun converges to the same st
 transaction first takes `pg_advisory_xact_lock` keyed on (bucket, run_date), so two runs of the
 same bucket and date never interleave; the second waits for the first to commit or roll back.
 
-Rejects: the bucket's rejects are written in the same transaction, after deleting the rejects
-previously recorded for the same (bucket, run_date): the table holds the rejects of the latest
-load of each snapshot, a rerun never duplicates them, and a rolled-back load leaves the previous
-load's rejects untouched (the failure itself is in the logs and in `pipeline_audit`).
+Rejects: the merger already rejected every raw record it could not read or coerce
+(`app.report_check`), so a reject here means the load disagrees with the merger; it is always
+blocking. They are written in the same transaction, after deleting the rejects this run recorded
+earlier for the same merged file (a retried step never duplicates them; the merger's rejects of
+the raw files and other runs' rejects are untouched).
 
 Snapshots and backfills: every row stores the `run_date` it was loaded from. The conflict update
 only fires `WHERE target.run_date <= EXCLUDED.run_date`, so loading an older snapshot after a
@@ -86,6 +87,7 @@ from app.csv_io import open_records
 from app.db.models import IngestReject, bucket_table
 from app.json_logger import log_event
 from app.merger import map_header
+from app.rejects import BAD_VALUE
 from app.row_models import row_model, validate_row
 
 SAMPLE_ROWS = 5
@@ -444,7 +446,7 @@ async def ingest_file(
                 totals["would_load"] += len(batch.records)
                 samples.extend(batch.samples)
         else:
-            await _load(engine, bucket, run_date, run_id, batches, totals)
+            await _load(engine, bucket, run_date, run_id, path, batches, totals)
     except IngestError as exc:
         log_event("ingest", str(exc), status="error", counts=_counts(totals), **fields)
         raise
@@ -549,6 +551,7 @@ async def _load(
     bucket: str,
     run_date: dt.date,
     run_id: str,
+    path: Path,
     batches: Iterator[_Batch],
     totals: dict[str, int],
 ) -> None:
@@ -563,7 +566,14 @@ async def _load(
     columns = [c.name for c in stage.columns]
     upsert = upsert_from_staging(bucket, stage, run_date, run_id)
     truncate = text(f"TRUNCATE {stage.name}")
-    base = {"run_id": run_id, "bucket": bucket, "run_date": run_date}
+    # A value the merger accepted but the load cannot: never quarantined, always blocking.
+    base = {
+        "run_id": run_id,
+        "bucket": bucket,
+        "run_date": run_date,
+        "code": BAD_VALUE,
+        "blocking": True,
+    }
     async with engine.connect() as conn, conn.begin():
         await conn.execute(
             text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
@@ -571,7 +581,10 @@ async def _load(
         )
         await conn.execute(
             delete(IngestReject).where(
-                IngestReject.bucket == bucket, IngestReject.run_date == run_date
+                IngestReject.run_id == run_id,
+                IngestReject.bucket == bucket,
+                IngestReject.run_date == run_date,
+                IngestReject.file == str(path),
             )
         )
         await conn.run_sync(lambda sync_conn: stage.create(sync_conn))

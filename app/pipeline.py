@@ -10,13 +10,18 @@ import datetime as dt
 import enum
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from app.config import FILE_SPECS, file_specs_for_bucket, validate_store_code
-from app.csv_io import count_records, looks_like_html
+from app.csv_io import count_records
 from app.downloader import DownloadReport, PortalCredentials, download_reports
+from app.downloader.core import BucketDownload
+from app.json_logger import log_event
+from app.rejects import FileProblem
+from app.run_context import RunContext
 
 T = TypeVar("T")
 
@@ -25,9 +30,13 @@ def date_dir(data_dir: Path, run_date: dt.date) -> Path:
     return data_dir / run_date.isoformat()
 
 
+def raw_name(spec_key: str, store_code: str) -> str:
+    return FILE_SPECS[spec_key]["out_name_template"].format(sc=validate_store_code(store_code))
+
+
 def raw_path(data_dir: Path, run_date: dt.date, spec_key: str, store_code: str) -> Path:
-    name = FILE_SPECS[spec_key]["out_name_template"].format(sc=validate_store_code(store_code))
-    return date_dir(data_dir, run_date) / name
+    """Where an operator drops a report by hand: `DATA_DIR/<date>/<out_name>` (stable)."""
+    return date_dir(data_dir, run_date) / raw_name(spec_key, store_code)
 
 
 def portal_serves_date(bucket: str, run_date: dt.date, today: dt.date) -> bool:
@@ -37,121 +46,224 @@ def portal_serves_date(bucket: str, run_date: dt.date, today: dt.date) -> bool:
     return all("{date}" in spec["url_template"] for spec in file_specs_for_bucket(bucket).values())
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class RawFiles:
-    """The store files one bucket will merge for one date, and where they came from."""
+    """The store files one bucket will merge for one date, all inside the run's own folder.
+
+    `origin[store]` says where a file came from: `download` (this run fetched it), `operator`
+    (dropped by hand into `DATA_DIR/<date>/`) or `kept` (left by an earlier run of the date whose
+    audit did not pass); `taken_from[store]` is the path it was moved from.
+    """
 
     bucket: str
     run_date: dt.date
-    source: str  # "download" | "disk"
+    source: str  # "download" | "disk" | "mixed" | "none"
     files: dict[str, Path]
     rows_by_store: dict[str, int]
     failed: dict[str, str]
     bytes_total: int = 0
     retries: int = 0
     error: str | None = None
+    origin: dict[str, str] = field(default_factory=dict)
+    taken_from: dict[str, str] = field(default_factory=dict)
 
     @property
     def download_total(self) -> int:
         return sum(self.rows_by_store.values())
 
 
-def kept_raw_files(
-    bucket: str, run_date: dt.date, stores: Sequence[str], data_dir: Path
-) -> tuple[dict[str, Path], dict[str, str]]:
-    """Raw files still on disk for a date (kept by a failed audit), per store; and the missing."""
-    files: dict[str, Path] = {}
-    missing: dict[str, str] = {}
-    for store in stores:
-        found = [
-            path
-            for key in file_specs_for_bucket(bucket)
-            if (path := raw_path(data_dir, run_date, key, store)).is_file()
-        ]
-        if not found:
-            missing[store] = f"no raw file kept on disk for {run_date.isoformat()}"
-            continue
-        with found[0].open("rb") as fh:
-            if looks_like_html(fh.read(4096)):
-                missing[store] = f"kept file {found[0].name} is an HTML page, not a report"
+def split_store_codes(stores: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(valid codes, {invalid code: reason}): a bad store_master row never stops the others."""
+    valid: list[str] = []
+    invalid: dict[str, str] = {}
+    for code in dict.fromkeys(stores):
+        try:
+            valid.append(validate_store_code(code))
+        except ValueError as exc:
+            invalid[repr(code)[1:-1][:40]] = f"skipped: {exc}"
+    return valid, invalid
+
+
+def remove_stale_partials(ctx: RunContext) -> list[str]:
+    """Delete `.part` / `.tmp` files of killed runs of this date (the caller holds the date)."""
+    removed: list[str] = []
+    if not ctx.date_dir.is_dir():
+        return removed
+    for path in ctx.date_dir.rglob(".*"):
+        if path.is_file() and path.suffix in (".part", ".tmp"):
+            path.unlink(missing_ok=True)
+            removed.append(str(path))
+    if removed:
+        log_event(
+            "download",
+            f"removed {len(removed)} partial files left by killed runs of this date",
+            status="warn",
+            date=ctx.run_date,
+            extras={"removed": removed[:20]},
+        )
+    return removed
+
+
+def _candidates(
+    ctx: RunContext, bucket: str, store: str, passed_runs: Collection[str]
+) -> list[tuple[str, Path]]:
+    """Files this run may take for a store: the operator's first, then earlier runs' (newest)."""
+    names = [raw_name(key, store) for key in file_specs_for_bucket(bucket)]
+    found = [("operator", ctx.date_dir / n) for n in names if (ctx.date_dir / n).is_file()]
+    if ctx.is_today:
+        return found  # today's data is downloaded fresh; earlier runs' files stay as they are
+    older: list[tuple[float, Path]] = []
+    if ctx.date_dir.is_dir():
+        for folder in ctx.date_dir.iterdir():
+            if not folder.is_dir() or folder.name.startswith(".") or folder.name == ctx.run_id:
                 continue
-        files[store] = found[0]
-    return files, missing
+            if folder.name in passed_runs:
+                continue  # reconciled: those files are the cleanup's, not to be reprocessed
+            for name in names:
+                if (path := folder / name).is_file():
+                    older.append((path.stat().st_mtime, path))
+    found += [("kept", path) for _, path in sorted(older, reverse=True)]
+    own = [ctx.run_dir / n for n in names if (ctx.run_dir / n).is_file()]
+    return found + [("kept", p) for p in own]
+
+
+def take_kept_files(
+    ctx: RunContext, bucket: str, stores: Sequence[str], passed_runs: Collection[str]
+) -> tuple[dict[str, Path], dict[str, str], dict[str, str]]:
+    """Move each store's best kept file into this run's folder: (files, origin, taken_from)."""
+    files: dict[str, Path] = {}
+    origin: dict[str, str] = {}
+    taken: dict[str, str] = {}
+    for store in stores:
+        found = _candidates(ctx, bucket, store, passed_runs)
+        if not found:
+            continue
+        kind, path = found[0]
+        target = ctx.run_dir / path.name
+        if path != target:
+            ctx.run_dir.mkdir(parents=True, exist_ok=True)
+            path.replace(target)  # same filesystem: atomic; the file now belongs to this run
+            taken[store] = str(path)
+        files[store], origin[store] = target, kind
+    return files, origin, taken
 
 
 async def acquire_raw_files(
     creds_factory: typing.Callable[[], PortalCredentials],
     *,
+    ctx: RunContext,
     buckets: Sequence[str],
     stores: Sequence[str],
-    run_date: dt.date,
-    today: dt.date,
-    data_dir: Path,
     limits: Mapping[str, float],
+    passed_runs: Mapping[str, Collection[str]] | None = None,
+    verify: Callable[[str, str, Path], FileProblem | None] | None = None,
     progress: bool | None = None,
 ) -> dict[str, RawFiles]:
-    """Per bucket: download today's reports, reuse a past date's kept files, or say why not.
+    """Per bucket: the store files this run will merge, all moved into or saved in its folder.
 
-    A past date is reprocessed from the raw files a failed audit kept, without downloading. If
-    none are kept and the portal cannot serve that date, the bucket gets an `error` saying so.
-    `creds_factory` is only called when something must be downloaded, so a reprocess of kept
-    files works without portal credentials.
+    The caller holds the run date (`app.run_lock`). Kept files (see `take_kept_files`) are used
+    first; the rest is downloaded when the portal serves the date, else those stores fail with
+    the reason. `creds_factory` is only called when something must be downloaded, so a
+    reprocess of kept files works without portal credentials.
     """
+    valid, invalid = split_store_codes(stores)
+    remove_stale_partials(ctx)
     result: dict[str, RawFiles] = {}
-    to_download: list[str] = []
+    wanted: dict[str, list[str]] = {}
     for bucket in buckets:
-        kept, missing = kept_raw_files(bucket, run_date, stores, data_dir)
-        if run_date != today and kept:
-            result[bucket] = RawFiles(
-                bucket=bucket,
-                run_date=run_date,
-                source="disk",
-                files=kept,
-                rows_by_store={s: count_records(p) for s, p in kept.items()},
-                failed=missing,
-                bytes_total=sum(p.stat().st_size for p in kept.values()),
-            )
-        elif portal_serves_date(bucket, run_date, today):
-            to_download.append(bucket)
-        else:
-            result[bucket] = RawFiles(
-                bucket=bucket,
-                run_date=run_date,
-                source="none",
-                files={},
-                rows_by_store={},
-                failed={},
-                error=(
-                    f"the portal only serves current data (today is {today.isoformat()}) and no "
-                    f"raw {bucket} files for {run_date.isoformat()} are kept under "
-                    f"{date_dir(data_dir, run_date)}; nothing to reprocess"
-                ),
-            )
-    if to_download:
-        report: DownloadReport = await download_reports(
-            creds_factory(),
-            store_codes=stores,
-            buckets=to_download,
-            run_date=run_date,
-            data_dir=data_dir,
-            concurrency=int(limits.get("concurrency", 8)),
-            rate_per_s=float(limits.get("rate_per_s", 20.0)),
-            timeout_s=float(limits.get("timeout_s", 60.0)),
-            progress=progress,
+        files, origin, taken = take_kept_files(
+            ctx, bucket, valid, (passed_runs or {}).get(bucket, ())
         )
-        for bucket in to_download:
-            got = report.buckets[bucket]
-            result[bucket] = RawFiles(
-                bucket=bucket,
-                run_date=run_date,
-                source="download",
-                files=dict(got.files),
-                rows_by_store=dict(got.rows_by_store),
-                failed=dict(got.failed),
-                bytes_total=got.bytes_total,
-                retries=got.retries,
+        missing = [s for s in valid if s not in files]
+        failed = dict(invalid)
+        if missing and portal_serves_date(bucket, ctx.run_date, ctx.today):
+            wanted[bucket] = missing
+        else:
+            failed.update(
+                {s: f"no raw file kept on disk for {ctx.run_date.isoformat()}" for s in missing}
             )
-    return {bucket: result[bucket] for bucket in buckets}
+        result[bucket] = RawFiles(
+            bucket=bucket,
+            run_date=ctx.run_date,
+            source="disk" if files else "none",
+            files=files,
+            rows_by_store={s: count_records(p) for s, p in files.items()},
+            failed=failed,
+            bytes_total=sum(p.stat().st_size for p in files.values()),
+            origin=origin,
+            taken_from=taken,
+        )
+    if wanted:
+        report = await _download(creds_factory(), ctx, wanted, limits, verify, progress)
+        for bucket, stores_wanted in wanted.items():
+            result[bucket] = _with_downloads(result[bucket], report.buckets[bucket], stores_wanted)
+    return {b: _with_error(result[b], ctx) for b in buckets}
+
+
+async def _download(
+    creds: PortalCredentials,
+    ctx: RunContext,
+    wanted: Mapping[str, Sequence[str]],
+    limits: Mapping[str, float],
+    verify: Callable[[str, str, Path], FileProblem | None] | None,
+    progress: bool | None,
+) -> DownloadReport:
+    """One login and one dashboard visit per store for every bucket that needs downloads."""
+    stores = list(dict.fromkeys(s for codes in wanted.values() for s in codes))
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    return await download_reports(
+        creds,
+        store_codes=stores,
+        buckets=list(wanted),
+        run_date=ctx.run_date,
+        data_dir=ctx.data_dir,
+        target_dir=ctx.run_dir,
+        portal_day=ctx.today if ctx.is_today else None,
+        verify=verify,
+        concurrency=int(limits.get("concurrency", 8)),
+        rate_per_s=float(limits.get("rate_per_s", 20.0)),
+        timeout_s=float(limits.get("timeout_s", 60.0)),
+        progress=progress,
+    )
+
+
+def _with_downloads(raw: RawFiles, got: BucketDownload, stores: Sequence[str]) -> RawFiles:
+    """Merge a bucket's downloads into what it already took from disk."""
+    files, rows = dict(raw.files), dict(raw.rows_by_store)
+    origin, failed = dict(raw.origin), dict(raw.failed)
+    for store in stores:
+        if store in got.files:
+            files[store], rows[store], origin[store] = (
+                got.files[store],
+                got.rows_by_store[store],
+                "download",
+            )
+        else:
+            failed[store] = got.failed.get(store, "not downloaded")
+    return dataclasses.replace(
+        raw,
+        source="download" if not raw.files else "mixed",
+        files=files,
+        rows_by_store=rows,
+        failed=failed,
+        origin=origin,
+        bytes_total=raw.bytes_total + got.bytes_total,
+        retries=got.retries,
+    )
+
+
+def _with_error(raw: RawFiles, ctx: RunContext) -> RawFiles:
+    """A bucket with no file at all for a date the portal cannot serve has nothing to run on."""
+    if raw.files or portal_serves_date(raw.bucket, ctx.run_date, ctx.today):
+        return raw
+    return dataclasses.replace(
+        raw,
+        error=(
+            f"the portal only serves current data (today is {ctx.today.isoformat()}) and no "
+            f"raw {raw.bucket} files for {ctx.run_date.isoformat()} are kept under "
+            f"{ctx.date_dir}; nothing to reprocess"
+        ),
+    )
 
 
 # --- results <-> JSON, so step results travel as materialization metadata (never pickles) ---

@@ -21,6 +21,8 @@ from typing import Any
 
 from app import json_logger
 from app.config import BUCKETS
+from app.run_context import RunContext
+from app.run_lock import RunDateBusy, hold_run_date
 from app.settings import ConfigError, Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -35,6 +37,8 @@ class BucketSummary:
     expected_unique: int | None = None
     ingested_rows: int | None = None
     rejected: int | None = None
+    quarantined: int | None = None
+    blocking: int | None = None
     audit: str = "not run"
     audit_id: int | None = None
     reason: str | None = None
@@ -128,11 +132,12 @@ def run_pipeline(
     from app.db.engine import resolve_database_url
 
     selected = _validate_buckets(buckets)
-    run_date = run_date or _today(settings)
-    if run_date > _today(settings):
+    today = _today(settings)  # fixed once for the whole run, passed down as the run's "today"
+    run_date = run_date or today
+    if run_date > today:
         raise ConfigError(f"--date {run_date} is in the future")
     missing = settings.missing_portal_settings()
-    if portal_override is None and run_date == _today(settings) and missing:
+    if portal_override is None and run_date == today and missing:
         raise ConfigError(
             "portal settings missing: "
             + ", ".join(missing)
@@ -143,39 +148,54 @@ def run_pipeline(
     # One id for the whole execution: the Dagster run id, also on every JSON event of it.
     run_id = str(uuid.uuid4())
     with json_logger.run_context(run_id):
-        return _run(
-            settings, url, run_id, run_date, selected, scope, stores, dry_run, portal_override
-        )
+        try:
+            with hold_run_date(
+                url, run_date, run_id, source="cli", wait_s=settings.run_lock_wait_s
+            ):
+                return _run(
+                    settings,
+                    url,
+                    RunContext(run_id, run_date, today, settings.data_dir.resolve(), "cli"),
+                    selected,
+                    scope,
+                    stores,
+                    dry_run,
+                    portal_override,
+                )
+        except RunDateBusy as exc:
+            json_logger.log_event("error", str(exc), status="error", date=run_date)
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
 
 
 def _run(
     settings: Settings,
     url: Any,
-    run_id: str,
-    run_date: dt.date,
+    ctx: RunContext,
     selected: list[str],
     scope: list[str],
     stores: Sequence[str] | None,
     dry_run: bool,
     portal_override: dict[str, Any] | None,
 ) -> int:
+    """Inside the date lock: the graph, then the sensor's cleanup inline, then the summary."""
     json_logger.log_event(
         "run",
-        f"running {', '.join(selected)} for {run_date} over {len(scope)} stores",
-        date=run_date,
+        f"running {', '.join(selected)} for {ctx.run_date} over {len(scope)} stores",
+        date=ctx.run_date,
         extras={"buckets": selected, "stores": len(scope), "dry_run": dry_run},
     )
     outcome = execute_graph(
         settings,
-        run_date=run_date,
+        ctx=ctx,
         buckets=selected,
         stores=stores,
         dry_run=dry_run,
         portal_override=portal_override,
-        run_id=run_id,
+        url=url,
     )
     if not dry_run:
-        _cleanup_passed(outcome, url, settings.data_dir)
+        _cleanup_passed(outcome, url, ctx)
     report(outcome)
     if outcome.login_error:
         json_logger.log_event(
@@ -185,21 +205,51 @@ def _run(
     return outcome.exit_code
 
 
-def execute_graph(
+def execute_date(
     settings: Settings,
     *,
     run_date: dt.date,
     buckets: Sequence[str],
+    stores: Sequence[str] | None = None,
+    dry_run: bool = False,
+    portal_override: dict[str, Any] | None = None,
+) -> RunOutcome:
+    """The graph for one date under a fresh run id, holding the date; no cleanup, no report."""
+    from app.db.engine import resolve_database_url
+
+    url = resolve_database_url(settings)
+    ctx = RunContext(
+        str(uuid.uuid4()), run_date, _today(settings), settings.data_dir.resolve(), "cli"
+    )
+    with hold_run_date(url, run_date, ctx.run_id, source="cli", wait_s=settings.run_lock_wait_s):
+        return execute_graph(
+            settings,
+            ctx=ctx,
+            buckets=buckets,
+            stores=stores,
+            dry_run=dry_run,
+            url=url,
+            portal_override=portal_override,
+        )
+
+
+def execute_graph(
+    settings: Settings,
+    *,
+    ctx: RunContext,
+    buckets: Sequence[str],
     stores: Sequence[str] | None,
     dry_run: bool,
+    url: Any,
     portal_override: dict[str, Any] | None = None,
-    run_id: str | None = None,
 ) -> RunOutcome:
+    """The daily job in-process for `ctx.run_date`, under the run id `ctx.run_id`."""
     import dagster as dg
 
     from crm_assets.definitions import defs
     from crm_assets.jobs import DAILY_JOB
     from crm_assets.keys import AUDIT, MERGED, RAW, TABLE, key
+    from crm_resources.run_info import SOURCE_TAG, TODAY_TAG
 
     ensure_dagster_home(settings)
     job = defs.resolve_job_def(DAILY_JOB)
@@ -212,7 +262,7 @@ def execute_graph(
         resources["portal"] = {"config": portal_override}
     with dg.DagsterInstance.get() as instance, _quiet_dagster():
         result = job.execute_in_process(
-            partition_key=run_date.isoformat(),
+            partition_key=ctx.run_date.isoformat(),
             instance=instance,
             asset_selection=selection,
             run_config={
@@ -220,10 +270,14 @@ def execute_graph(
                 "loggers": {"console": {"config": {"log_level": "WARNING"}}},
             },
             raise_on_error=False,
-            run_id=run_id,
-            tags={"crm/source": "cli", "crm/dry_run": str(dry_run).lower()},
+            run_id=ctx.run_id,
+            tags={
+                SOURCE_TAG: "cli",
+                TODAY_TAG: ctx.today.isoformat(),
+                "crm/dry_run": str(dry_run).lower(),
+            },
         )
-    return summarise(result, run_date=run_date, buckets=buckets, dry_run=dry_run)
+    return summarise(result, ctx=ctx, buckets=buckets, dry_run=dry_run, url=url)
 
 
 @contextmanager
@@ -245,42 +299,74 @@ def _meta(event: Any) -> dict[str, Any]:
 
 
 def summarise(
-    result: Any, *, run_date: dt.date, buckets: Sequence[str], dry_run: bool
+    result: Any, *, ctx: RunContext, buckets: Sequence[str], dry_run: bool, url: Any
 ) -> RunOutcome:
-    """Per-bucket counts from the run's own materializations and check evaluations."""
-    from crm_assets.keys import AUDIT_CHECK
-
+    """Per-bucket counts from this run's own step results and audit rows, and its failures."""
     outcome = RunOutcome(
-        run_id=result.run_id,
-        run_date=run_date,
+        run_id=ctx.run_id,
+        run_date=ctx.run_date,
         dry_run=dry_run,
         buckets={b: BucketSummary(b) for b in buckets},
     )
-    for event in result.get_asset_materialization_events():
-        mat = event.event_specific_data.materialization
-        bucket, stage = mat.asset_key.path[0], mat.asset_key.path[-1]
-        if bucket not in outcome.buckets:
-            continue
-        summary, meta = outcome.buckets[bucket], _meta(mat)
-        data = meta.get("result") or {}
-        if stage == "raw_csvs":
-            summary.download_total = meta.get("download_total")
-            summary.failed_stores = dict(data.get("failed") or {})
-        elif stage == "merged_csv":
-            summary.merged_rows = meta.get("merged_rows")
-            summary.expected_unique = meta.get("expected_unique")
-        elif stage == "table":
-            summary.ingested_rows = meta.get("ingested_rows")
-            summary.rejected = meta.get("rejected")
-        elif stage == "audit":
-            summary.audit = "dry run" if meta.get("dry_run") else str(meta.get("status"))
-            summary.audit_id = meta.get("audit_id")
-            summary.reason = meta.get("reason")
-    for evaluation in result.get_asset_check_evaluations():
-        bucket = evaluation.asset_key.path[0]
-        if evaluation.check_name == AUDIT_CHECK and bucket in outcome.buckets and not dry_run:
-            summary = outcome.buckets[bucket]
-            summary.audit = "passed" if evaluation.passed else "failed"
+    for summary in outcome.buckets.values():
+        _from_steps(summary, ctx, dry_run)
+    if not dry_run:
+        for record in asyncio.run(_audits(url, ctx, buckets)):
+            _from_audit(outcome.buckets[record.bucket], record)
+    _step_failures(outcome, result)
+    return outcome
+
+
+def _from_steps(summary: BucketSummary, ctx: RunContext, dry_run: bool) -> None:
+    from app.step_results import load_raw_result
+
+    raw = load_raw_result(ctx, summary.bucket, "raw_csvs") or {}
+    merged = load_raw_result(ctx, summary.bucket, "merged_csv") or {}
+    table = load_raw_result(ctx, summary.bucket, "table") or {}
+    if raw:
+        summary.download_total = sum((raw.get("rows_by_store") or {}).values())
+        summary.failed_stores = dict(raw.get("failed") or {})
+    if merged:
+        summary.failed_stores.update(merged.get("failed_stores") or {})
+        summary.merged_rows = merged.get("merged_rows")
+        summary.expected_unique = merged.get("expected_unique")
+        summary.quarantined = merged.get("quarantined")
+        summary.blocking = merged.get("blocking")
+        summary.rejected = len(merged.get("rejects") or [])
+        if dry_run:
+            summary.audit = "dry run"
+    if table:
+        summary.ingested_rows = table.get("ingested_rows")
+
+
+def _from_audit(summary: BucketSummary, record: Any) -> None:
+    summary.audit = record.status
+    summary.audit_id = record.id
+    summary.reason = record.reason
+    summary.failed_stores = dict(record.failed_stores) or summary.failed_stores
+    for name in ("download_total", "merged_rows", "expected_unique", "ingested_rows"):
+        if getattr(record, name) is not None:
+            setattr(summary, name, getattr(record, name))
+    summary.rejected, summary.quarantined, summary.blocking = (
+        record.rejected,
+        record.quarantined,
+        record.blocking,
+    )
+
+
+async def _audits(url: Any, ctx: RunContext, buckets: Sequence[str]) -> list[Any]:
+    from app.audit import audit_of_run
+    from app.db.engine import create_engine
+
+    engine = create_engine(url)
+    try:
+        found = [await audit_of_run(engine, ctx.run_id, b, ctx.run_date) for b in buckets]
+    finally:
+        await engine.dispose()
+    return [r for r in found if r is not None]
+
+
+def _step_failures(outcome: RunOutcome, result: Any) -> None:
     for event in result.all_events:
         if event.event_type_value != "STEP_FAILURE":
             continue
@@ -293,9 +379,8 @@ def summarise(
             outcome.login_error = message
         for bucket in affected:
             outcome.buckets[bucket].error = outcome.buckets[bucket].error or message
-            if outcome.buckets[bucket].audit == "not run":
+            if outcome.buckets[bucket].audit in ("not run", "dry run"):
                 outcome.buckets[bucket].audit = "failed"
-    return outcome
 
 
 _DAGSTER_WRAPPERS = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError")
@@ -314,12 +399,11 @@ def _root_message(root: Any) -> str:
     return (root.message or "").strip().splitlines()[0] if root.message else root.cls_name or ""
 
 
-def _cleanup_passed(outcome: RunOutcome, url: Any, data_dir: Path) -> None:
-    """The sensor's job, done inline: delete the files of every passed audit of this run."""
+def _cleanup_passed(outcome: RunOutcome, url: Any, ctx: RunContext) -> None:
+    """The sensor's job, done inline and inside this run's date lock; the outcome is recorded,
+    so the sensor launches nothing for these audits."""
     from app.cleanup import cleanup_audit
     from app.db.engine import create_engine
-
-    root = data_dir.resolve()
 
     async def _run() -> None:
         engine = create_engine(url)
@@ -327,8 +411,9 @@ def _cleanup_passed(outcome: RunOutcome, url: Any, data_dir: Path) -> None:
             for summary in outcome.buckets.values():
                 if summary.audit_id is None:
                     continue
-                with json_logger.run_context(outcome.run_id):
-                    result = await cleanup_audit(engine, summary.audit_id, root)
+                result = await cleanup_audit(
+                    engine, summary.audit_id, ctx.data_dir, run_id=ctx.run_id
+                )
                 summary.cleanup = result.status
         finally:
             await engine.dispose()

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     download_rate_per_s: float = Field(default=20.0, gt=0, description="polite request rate")
     download_timeout_s: float = Field(default=60.0, gt=0)
     schedule_cron: str = Field(default="0 9 * * *", description="daily schedule, in `timezone`")
+    run_lock_wait_s: float = Field(
+        default=600.0, ge=0, description="how long a second run of a date waits for the first"
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -16,4 +16,7 @@ defs = dg.Definitions(
     schedules=[daily_schedule],
     sensors=[cleanup_on_passed_audit],
     resources=default_resources(),
+    # Also the executor of asset selections launched from the UI and of backfills: one process
+    # per run, which holds the run date (crm_resources.run_lock) from first step to last.
+    executor=dg.in_process_executor,
 )

@@ -7,34 +7,47 @@ and a slow per-store dashboard visit (10-20 s in production) before any report o
 so downloading every selected bucket in one pass costs one dashboard visit per store instead of
 one per store and bucket. Selecting a single bucket downloads only that bucket's reports.
 
-Asset bodies only wire resources to `app` functions and turn results into metadata.
+Asset bodies only wire resources to `app` functions. Every step of a run reads the results of
+the earlier steps of the same run (`app.step_results`, in the run's folder) and never "the
+latest materialization of the date", which may be another run's. Every asset requires the
+`run_lock` resource: the run holds its date from the first step to the last.
+
+A dry run materializes `raw_csvs` and `merged_csv` (files really were downloaded and merged, in
+the dry run's own folder), logs the ingestion plan from `table`, and records nothing else:
+`table` yields no materialization (it is `output_required=False`), so `audit` and its checks
+are skipped, and no database row is written.
 """
 
-import datetime as dt
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from app import json_logger
-from app.audit import AuditRecord, get_audit, write_audit
-from app.config import MERGE_BUCKET_DB_SPECS, merged_name
+from app.audit import AuditRecord, audit_of_run, passed_runs
+from app.config import MERGE_BUCKET_DB_SPECS
 from app.ingest import IngestResult, ingest_file
 from app.merger import MergeResult, merge_bucket
-from app.pipeline import RawFiles, acquire_raw_files, from_jsonable
+from app.pipeline import RawFiles, acquire_raw_files
+from app.reconcile import audit_bucket, record_failure
+from app.reject_store import first_rejects, replace_rejects
+from app.report_check import check_file
+from app.run_context import RunContext
 from app.settings import load_settings
+from app.step_results import load_result, save_result
 from crm_assets.keys import AUDIT, AUDIT_CHECK, DOWNLOAD_CHECK, MERGED, RAW, TABLE, key
-from crm_assets.metadata import latest_result, result_metadata, rows_by_store_markdown
-from crm_assets.partitions import daily_partitions, partition_date
+from crm_assets.metadata import counts, md_table, rows_by_store_markdown
+from crm_assets.partitions import daily_partitions
 from crm_resources import (
     DatabaseResource,
     DataDirResource,
     PortalResource,
+    RunDateLockResource,
     RunOptionsResource,
     StoreScopeResource,
 )
+from crm_resources.run_info import run_context
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)  # partitioned asset checks
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -47,51 +60,41 @@ KIND_TAGS = {
 }
 
 
-def _today() -> dt.date:
-    return dt.datetime.now(load_settings().tz).date()
-
-
-def _upstream(
-    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
-    asset_key: dg.AssetKey,
-) -> dict[str, Any]:
-    data = latest_result(context, asset_key, context.partition_key)
-    if data is None:
-        raise dg.Failure(f"no materialization of {asset_key.to_user_string()} for this date")
-    return data
-
-
-async def _record_failure(
-    context: dg.AssetExecutionContext,
-    db: DatabaseResource,
-    bucket: str,
-    error: BaseException,
-    merge: MergeResult | None = None,
-) -> None:
-    """A failing step still leaves an audit row that says why, and keeps every file."""
-    run_date = partition_date(context.partition_key)
-    raw = from_jsonable(RawFiles, _upstream(context, key(bucket, RAW)))
-    files = list(raw.files.values()) + ([merge.path] if merge else [])
-    json_logger.log_event(
-        "error",
-        f"{bucket} failed: {error}",
-        status="error",
-        bucket=bucket,
-        date=run_date,
-        extras={"error": f"{type(error).__name__}: {error}"},
+def raw_metadata(files: RawFiles) -> dict[str, Any]:
+    meta = counts(
+        download_total=files.download_total,
+        stores=len(files.files),
+        failed_stores=len(files.failed),
+        source=files.source,
+        retries=files.retries,
+        bytes=files.bytes_total,
     )
-    await write_audit(
-        db.engine,
-        run_id=context.run.run_id,
-        bucket=bucket,
-        run_date=run_date,
-        download_rows_by_store=raw.rows_by_store,
-        failed_stores=raw.failed,
-        merge=merge,
-        ingest=None,
-        files=[Path(p) for p in files],
-        error=f"{type(error).__name__}: {error}",
+    meta["rows_by_store"] = dg.MetadataValue.md(
+        rows_by_store_markdown(files.rows_by_store, files.failed)
     )
+    return meta
+
+
+def merged_metadata(merged: MergeResult) -> dict[str, Any]:
+    meta = counts(
+        download_total=merged.download_total,
+        merged_rows=merged.merged_rows,
+        expected_unique=merged.expected_unique,
+        duplicates=merged.duplicates_dropped,
+        quarantined=merged.quarantined,
+        blocking=merged.blocking,
+        failed_stores=len(merged.failed_stores),
+    )
+    meta["merged_file"] = dg.MetadataValue.path(str(merged.path))
+    if merged.rejects:
+        rows = [
+            (r.store_code or "", r.line_number, r.code, r.reason, "blocking" if r.blocking else "")
+            for r in merged.rejects[:10]
+        ]
+        meta["first_rejects"] = dg.MetadataValue.md(
+            md_table(["store", "line", "code", "reason", ""], rows)
+        )
+    return meta
 
 
 def build_download_asset(buckets: Sequence[str]) -> dg.AssetsDefinition:
@@ -121,45 +124,45 @@ def build_download_asset(buckets: Sequence[str]) -> dg.AssetsDefinition:
         portal: PortalResource,
         store_scope: StoreScopeResource,
         data_dir: DataDirResource,
+        run_lock: RunDateLockResource,
     ):
+        ctx = run_context(context, data_dir.root())
         selected = [b for b in buckets if key(b, RAW) in context.selected_asset_keys]
-        with json_logger.run_context(context.run.run_id):
-            stores = await store_scope.etl_stores(db.engine)
-            await store_scope.report_stores(db.engine)  # a report store outside ETL scope: stop
-            raw = await acquire_raw_files(
-                portal.credentials,
-                buckets=selected,
-                stores=stores,
-                run_date=partition_date(context.partition_key),
-                today=_today(),
-                data_dir=data_dir.root(),
-                limits=portal.limits(),
-                progress=None,  # a progress bar at a terminal, JSON only otherwise
-            )
-        errors = {b: r.error for b, r in raw.items() if r.error}
-        for bucket, files in raw.items():
-            if files.error:
-                context.log.error(files.error)
-                continue
-            yield dg.MaterializeResult(
-                asset_key=key(bucket, RAW),
-                metadata=result_metadata(
-                    files,
-                    source=files.source,
-                    stores=len(files.files),
-                    download_total=files.download_total,
-                    failed_store_count=len(files.failed),
-                    retries=files.retries,
-                    bytes=files.bytes_total,
-                    rows_by_store=dg.MetadataValue.md(
-                        rows_by_store_markdown(files.rows_by_store, files.failed)
-                    ),
-                ),
-            )
-        if len(errors) == len(raw):
-            raise dg.Failure("; ".join(errors.values()))
+        with json_logger.run_context(ctx.run_id):
+            raw = await _acquire(ctx, selected, db, portal, store_scope)
+            for bucket, files in raw.items():
+                save_result(ctx, bucket, RAW, files)
+                if files.error:
+                    context.log.error(files.error)
+                    await record_failure(db.engine, ctx, bucket, files.error, raw=files)
+                    continue
+                yield dg.MaterializeResult(asset_key=key(bucket, RAW), metadata=raw_metadata(files))
+        if all(files.error for files in raw.values()):
+            raise dg.Failure("; ".join(f.error or "" for f in raw.values()))
 
     return portal_reports
+
+
+async def _acquire(
+    ctx: RunContext,
+    buckets: Sequence[str],
+    db: DatabaseResource,
+    portal: PortalResource,
+    store_scope: StoreScopeResource,
+) -> dict[str, RawFiles]:
+    stores = await store_scope.etl_stores(db.engine)
+    await store_scope.report_stores(db.engine)  # a report store outside ETL scope: stop
+    done = {b: await passed_runs(db.engine, b, ctx.run_date) for b in buckets}
+    return await acquire_raw_files(
+        portal.credentials,
+        ctx=ctx,
+        buckets=buckets,
+        stores=stores,
+        limits=portal.limits(),
+        passed_runs=done,
+        verify=check_file,
+        progress=None,  # a progress bar at a terminal, JSON only otherwise
+    )
 
 
 def build_bucket_chain(bucket: str) -> tuple[list[dg.AssetsDefinition], list[Any]]:
@@ -175,24 +178,29 @@ def build_bucket_chain(bucket: str) -> tuple[list[dg.AssetsDefinition], list[Any
         description=f"The stores' {bucket} files merged and de-duplicated on the dedupe keys.",
     )
     async def merged_csv(
-        context: dg.AssetExecutionContext, db: DatabaseResource, data_dir: DataDirResource
+        context: dg.AssetExecutionContext,
+        db: DatabaseResource,
+        data_dir: DataDirResource,
+        options: RunOptionsResource,
+        run_lock: RunDateLockResource,
     ) -> dg.MaterializeResult:
-        raw = from_jsonable(RawFiles, _upstream(context, key(bucket, RAW)))
-        with json_logger.run_context(context.run.run_id):
+        ctx = run_context(context, data_dir.root())
+        with json_logger.run_context(ctx.run_id):
+            raw = load_result(ctx, RawFiles, bucket, RAW)
             try:
-                merged = merge_bucket(bucket, raw.run_date, raw.files, data_dir.root())
+                merged = merge_bucket(
+                    bucket, ctx.run_date, raw.files, ctx.data_dir, out_dir=ctx.run_dir
+                )
+                if not options.dry_run:
+                    await replace_rejects(
+                        db.engine, ctx.run_id, bucket, ctx.run_date, merged.rejects
+                    )
             except Exception as exc:
-                await _record_failure(context, db, bucket, exc)
+                if not options.dry_run:
+                    await record_failure(db.engine, ctx, bucket, _why(exc), raw=raw)
                 raise
-        return dg.MaterializeResult(
-            metadata=result_metadata(
-                merged,
-                merged_file=merged_name(bucket, raw.run_date),
-                merged_rows=merged.merged_rows,
-                expected_unique=merged.expected_unique,
-                download_total=merged.download_total,
-            )
-        )
+            save_result(ctx, bucket, MERGED, merged)
+        return dg.MaterializeResult(metadata=merged_metadata(merged))
 
     @dg.asset(
         key=key(bucket, TABLE),
@@ -200,36 +208,48 @@ def build_bucket_chain(bucket: str) -> tuple[list[dg.AssetsDefinition], list[Any
         group_name=bucket,
         partitions_def=daily_partitions,
         kinds=KIND_TAGS[TABLE],
+        output_required=False,
         description=f"Upsert of the merged file into `{table_name}`.",
     )
-    async def table(
-        context: dg.AssetExecutionContext, db: DatabaseResource, options: RunOptionsResource
-    ) -> dg.MaterializeResult:
-        merged = from_jsonable(MergeResult, _upstream(context, key(bucket, MERGED)))
-        with json_logger.run_context(context.run.run_id):
+    # No return annotation: an optional output is an async generator that may yield nothing.
+    async def table(  # type: ignore[no-untyped-def]
+        context: dg.AssetExecutionContext,
+        db: DatabaseResource,
+        data_dir: DataDirResource,
+        options: RunOptionsResource,
+        run_lock: RunDateLockResource,
+    ):
+        ctx = run_context(context, data_dir.root())
+        with json_logger.run_context(ctx.run_id):
+            merged = load_result(ctx, MergeResult, bucket, MERGED)
             try:
                 loaded = await ingest_file(
                     db.engine,
                     bucket,
-                    merged.run_date,
+                    ctx.run_date,
                     merged.path,
-                    run_id=context.run.run_id,
+                    run_id=ctx.run_id,
                     batch_size=load_settings().ingest_batch_size,
                     dry_run=options.dry_run,
                 )
             except Exception as exc:
                 if not options.dry_run:
-                    await _record_failure(context, db, bucket, exc, merged)
+                    raw = load_result(ctx, RawFiles, bucket, RAW)
+                    await record_failure(db.engine, ctx, bucket, _why(exc), raw=raw, merge=merged)
                 raise
-        return dg.MaterializeResult(
-            metadata=result_metadata(
-                loaded,
+            if options.dry_run:
+                context.log.info(
+                    f"dry run: {loaded.rows_read} rows would be loaded; nothing written"
+                )
+                return  # no materialization: nothing a later step or the UI could take as real
+            save_result(ctx, bucket, TABLE, loaded)
+        yield dg.MaterializeResult(
+            metadata=counts(
                 table=table_name,
-                dry_run=loaded.dry_run,
-                ingested_rows=loaded.ingested_rows,
+                rows_read=loaded.rows_read,
                 inserted=loaded.inserted,
                 updated=loaded.updated,
-                rejected=loaded.rejected,
+                rejected_at_load=loaded.rejected,
             )
         )
 
@@ -239,53 +259,53 @@ def build_bucket_chain(bucket: str) -> tuple[list[dg.AssetsDefinition], list[Any
         group_name=bucket,
         partitions_def=daily_partitions,
         kinds=KIND_TAGS[AUDIT],
-        description="The reconciliation record in `pipeline_audit`: counts, verdict, manifest.",
+        description="The reconciliation record in `pipeline_audit`: measured counts, verdict.",
     )
     async def audit(
-        context: dg.AssetExecutionContext, db: DatabaseResource, options: RunOptionsResource
+        context: dg.AssetExecutionContext,
+        db: DatabaseResource,
+        data_dir: DataDirResource,
+        run_lock: RunDateLockResource,
     ) -> dg.MaterializeResult:
-        raw = from_jsonable(RawFiles, _upstream(context, key(bucket, RAW)))
-        merged = from_jsonable(MergeResult, _upstream(context, key(bucket, MERGED)))
-        loaded = from_jsonable(IngestResult, _upstream(context, key(bucket, TABLE)))
-        if options.dry_run:
-            return dg.MaterializeResult(metadata={"dry_run": True, "audit_id": None})
-        with json_logger.run_context(context.run.run_id):
-            record = await write_audit(
-                db.engine,
-                run_id=context.run.run_id,
-                bucket=bucket,
-                run_date=raw.run_date,
-                download_rows_by_store=raw.rows_by_store,
-                failed_stores=raw.failed,
-                merge=merged,
-                ingest=loaded,
-                files=[*raw.files.values(), merged.path],
-            )
-        return dg.MaterializeResult(metadata=_audit_metadata(record))
+        ctx = run_context(context, data_dir.root())
+        with json_logger.run_context(ctx.run_id):
+            raw = load_result(ctx, RawFiles, bucket, RAW)
+            merged = load_result(ctx, MergeResult, bucket, MERGED)
+            loaded = load_result(ctx, IngestResult, bucket, TABLE)
+            record = await audit_bucket(db.engine, ctx, raw, merged, loaded)
+        return dg.MaterializeResult(metadata=audit_metadata(record))
 
+    return [merged_csv, table, audit], build_checks(bucket)
+
+
+def build_checks(bucket: str) -> list[Any]:
     # Dagster runs async checks on the run's event loop; its stubs only type sync ones.
     @dg.asset_check(  # type: ignore[arg-type]
         asset=key(bucket, AUDIT),
         name=AUDIT_CHECK,
         blocking=True,
         partitions_def=daily_partitions,
-        description="merged_rows == ingested_rows == expected_unique and nothing rejected.",
+        description="download - duplicates - quarantined = merged = expected = ingested.",
     )
     async def audit_passed(
-        context: dg.AssetCheckExecutionContext, db: DatabaseResource
+        context: dg.AssetCheckExecutionContext, db: DatabaseResource, data_dir: DataDirResource
     ) -> dg.AssetCheckResult:
-        record = await _audit_for_partition(context, db, bucket)
+        ctx = run_context(context, data_dir.root())
+        record = await audit_of_run(db.engine, ctx.run_id, bucket, ctx.run_date)
         if record is None:
             return dg.AssetCheckResult(
                 passed=False,
-                severity=dg.AssetCheckSeverity.WARN,
-                description="dry run or no audit written: nothing was loaded or reconciled",
+                description=f"run {ctx.run_id} wrote no audit for {bucket} {ctx.run_date}",
                 metadata={"audit_id": None},
             )
+        meta = check_metadata(record)
+        if record.blocking or record.quarantined:
+            rejects = await first_rejects(db.engine, ctx.run_id, bucket, ctx.run_date)
+            meta["first_rejects"] = dg.MetadataValue.md(rejects_markdown(rejects))
         return dg.AssetCheckResult(
-            passed=record.status == "passed",
+            passed=record.passed,
             description=record.reason or "counts reconcile",
-            metadata=_check_metadata(record),
+            metadata=meta,
         )
 
     @dg.asset_check(  # type: ignore[arg-type]
@@ -293,70 +313,68 @@ def build_bucket_chain(bucket: str) -> tuple[list[dg.AssetsDefinition], list[Any
         name=DOWNLOAD_CHECK,
         blocking=False,
         partitions_def=daily_partitions,
-        description="Every store in scope delivered its report.",
+        description="Every store in scope delivered a usable report.",
     )
     async def all_stores_downloaded(
-        context: dg.AssetCheckExecutionContext, db: DatabaseResource
+        context: dg.AssetCheckExecutionContext, db: DatabaseResource, data_dir: DataDirResource
     ) -> dg.AssetCheckResult:
-        record = await _audit_for_partition(context, db, bucket)
+        ctx = run_context(context, data_dir.root())
+        record = await audit_of_run(db.engine, ctx.run_id, bucket, ctx.run_date)
         failed = dict(record.failed_stores) if record else {}
-        if record is None:
-            raw = latest_result(context, key(bucket, RAW), context.partition_key) or {}
-            failed = dict(raw.get("failed") or {})
         return dg.AssetCheckResult(
-            passed=not failed,
+            passed=record is not None and not failed,
             severity=dg.AssetCheckSeverity.WARN,
             description=(
                 f"{len(failed)} stores failed: {', '.join(sorted(failed))}"
                 if failed
-                else "all stores downloaded"
+                else ("all stores downloaded" if record else "no audit in this run")
             ),
-            metadata={"failed_stores": dg.MetadataValue.json(failed)},
+            metadata={
+                "failed_stores": dg.MetadataValue.md(
+                    md_table(["store", "reason"], sorted(failed.items()))
+                )
+            },
         )
 
-    return [merged_csv, table, audit], [audit_passed, all_stores_downloaded]
+    return [audit_passed, all_stores_downloaded]
 
 
-async def _audit_for_partition(
-    context: dg.AssetCheckExecutionContext, db: DatabaseResource, bucket: str
-) -> AuditRecord | None:
-    """The audit row this partition's audit materialization points at (the database is truth)."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=key(bucket, AUDIT), asset_partitions=[context.partition_key]
-        ),
-        limit=1,
-    ).records
-    materialization = records[0].asset_materialization if records else None
-    audit_id = materialization.metadata.get("audit_id") if materialization else None
-    value = getattr(audit_id, "value", audit_id)
-    if not isinstance(value, int):
-        return None
-    return await get_audit(db.engine, value)
+def rejects_markdown(rejects: Sequence[dict[str, Any]]) -> str:
+    rows = [
+        (r["store_code"] or "", r["line_number"], r["code"], r["error"], r["blocking"])
+        for r in rejects
+    ]
+    return md_table(["store", "line", "code", "reason", "blocking"], rows)
 
 
-def _counts(record: AuditRecord) -> dict[str, Any]:
-    return {
-        "download_total": record.download_total,
-        "merged_rows": record.merged_rows,
-        "expected_unique": record.expected_unique,
-        "ingested_rows": record.ingested_rows,
-        "rejected": record.rejected,
-    }
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
-def _check_metadata(record: AuditRecord) -> dict[str, Any]:
-    meta: dict[str, Any] = {"audit_id": record.id, "status": record.status}
-    meta.update({k: v for k, v in _counts(record).items() if v is not None})
+def check_metadata(record: AuditRecord) -> dict[str, Any]:
+    meta = counts(
+        download_total=record.download_total,
+        in_file_duplicates=record.in_file_duplicates,
+        quarantined=record.quarantined,
+        blocking=record.blocking,
+        merged_rows=record.merged_rows,
+        expected_unique=record.expected_unique,
+        ingested_rows=record.ingested_rows,
+        missing_keys=record.missing_keys,
+        status=record.status,
+    )
+    meta["audit_id"] = dg.MetadataValue.text(str(record.id))
     if record.reason:
-        meta["reason"] = record.reason
+        meta["reason"] = dg.MetadataValue.text(record.reason)
     return meta
 
 
-def _audit_metadata(record: AuditRecord) -> dict[str, Any]:
-    meta = _check_metadata(record)
-    meta["failed_stores"] = dg.MetadataValue.json(dict(record.failed_stores))
-    meta["manifest"] = dg.MetadataValue.json(list(record.manifest))
+def audit_metadata(record: AuditRecord) -> dict[str, Any]:
+    meta = check_metadata(record)
+    meta["failed_stores"] = dg.MetadataValue.md(
+        md_table(["store", "reason"], sorted(record.failed_stores.items()))
+    )
+    meta["files"] = len(record.manifest)
     return meta
 
 

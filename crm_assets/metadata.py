@@ -1,52 +1,49 @@
-"""Step results travel between assets as materialization metadata (JSON), never as pickles."""
+"""Materialization and check metadata: headline counts first, tables a person reads at a glance.
 
-from collections.abc import Mapping
+Step results travel between steps of a run through the run's own folder (`app.step_results`),
+not through metadata; metadata is for people. Every value that came from the portal or a file
+is escaped before it goes into markdown, so a store name like `<img src=x onerror=...>` or a
+`|` renders as text and never breaks a table.
+"""
+
+import html
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
 
-from app.pipeline import to_jsonable
-
-RESULT = "result"
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>])")
 
 
-def result_metadata(result: Any, **counts: Any) -> dict[str, Any]:
-    """The full result as JSON plus headline counts the UI can chart."""
-    meta: dict[str, Any] = {RESULT: dg.MetadataValue.json(to_jsonable(result))}
-    for name, value in counts.items():
-        if value is None:
-            continue
-        if isinstance(value, (int, float, str, bool, dg.MetadataValue)):
-            meta[name] = value
-        else:
-            meta[name] = dg.MetadataValue.json(to_jsonable(value))
-    return meta
+def md_escape(value: object, limit: int = 200) -> str:
+    """Text safe inside a markdown table cell: HTML-escaped, markdown-escaped, one line."""
+    text = " ".join(str(value).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=True))
 
 
-def latest_result(
-    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
-    asset_key: dg.AssetKey,
-    partition_key: str,
-) -> dict[str, Any] | None:
-    """The JSON result of the newest materialization of `asset_key` for this partition."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition_key]), limit=1
-    ).records
-    if not records:
-        return None
-    materialization = records[0].asset_materialization
-    if materialization is None:
-        return None
-    value = materialization.metadata.get(RESULT)
-    data = getattr(value, "value", value)
-    return dict(data) if isinstance(data, Mapping) else None
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def rows_by_store_markdown(rows_by_store: Mapping[str, int], failed: Mapping[str, str]) -> str:
-    lines = ["| store | rows | status |", "|---|---:|---|"]
-    for store in sorted(set(rows_by_store) | set(failed)):
-        if store in failed:
-            lines.append(f"| {store} | - | failed: {failed[store]} |")
-        else:
-            lines.append(f"| {store} | {rows_by_store[store]} | ok |")
-    return "\n".join(lines)
+    rows = [
+        (store, "-", f"failed: {failed[store]}")
+        if store in failed
+        else (store, rows_by_store[store], "ok")
+        for store in sorted(set(rows_by_store) | set(failed))
+    ]
+    return md_table(["store", "rows", "status"], rows)
+
+
+def counts(**values: Any) -> dict[str, Any]:
+    """Headline numbers as plain metadata entries (None values left out)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def text_entry(value: str) -> dg.MetadataValue:
+    return dg.MetadataValue.text(value)

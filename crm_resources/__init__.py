@@ -4,12 +4,14 @@ from crm_resources.data_dir import DataDirResource
 from crm_resources.database import DatabaseResource
 from crm_resources.options import RunOptionsResource
 from crm_resources.portal import PortalResource
+from crm_resources.run_lock import RunDateLockResource
 from crm_resources.store_scope import StoreScopeResource
 
 __all__ = [
     "DataDirResource",
     "DatabaseResource",
     "PortalResource",
+    "RunDateLockResource",
     "RunOptionsResource",
     "StoreScopeResource",
     "default_resources",
@@ -24,4 +26,5 @@ def default_resources() -> dict[str, object]:
         "data_dir": DataDirResource(),
         "store_scope": StoreScopeResource(),
         "options": RunOptionsResource(),
+        "run_lock": RunDateLockResource(),
     }

@@ -22,6 +22,7 @@ from app.db.engine import create_engine
 from app.db.urls import render, to_async_url, to_sync_url, with_database
 
 pytest_plugins = ["tests.fixtures_portal"]
+from tests.graph_helpers import graph_env  # noqa: E402, F401 - a fixture for graph tests
 
 PREFIX = "crm_test_"
 

@@ -1,36 +1,29 @@
 """The Dagster code location and full partition runs against the simulator and real Postgres."""
 
 import asyncio
-import contextlib
 import datetime as dt
 from collections import defaultdict
 from pathlib import Path
 
 import dagster as dg
-import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from app.audit import latest_audit
-from app.coercion import CoercionError, key_value, normalize_header
 from app.config import MERGE_BUCKET_DB_SPECS, merged_name
 from app.db.engine import create_engine
-from app.runner import RunOutcome, execute_graph, run_pipeline
+from app.runner import RunOutcome, execute_date, run_pipeline
 from app.settings import load_settings
-from app.stores import upsert_stores
 from crm_assets.cleanup import cleanup_on_passed_audit
 from crm_assets.definitions import defs
 from crm_assets.keys import AUDIT, AUDIT_CHECK, DOWNLOAD_CHECK, MERGED, RAW, TABLE, key
 from crm_assets.partitions import daily_partitions
+from tests.graph_helpers import TODAY
+from tests.graph_helpers import expected_keys_at as _expected_keys_at
+from tests.graph_helpers import portal_config as _portal
+from tests.graph_helpers import query as _query
+from tests.graph_helpers import seed as _seed
 
 BUCKETS = list(MERGE_BUCKET_DB_SPECS)
-REPORT_OF_BUCKET = {
-    "missed_leads": "missed_leads",
-    "undelivered_all": "undelivered_all",
-    "repeat_customers": "repeat_customers",
-}
-TODAY = dt.date(2026, 11, 20)
-
 
 # ---------------------------------------------------------------- code location
 
@@ -68,83 +61,8 @@ def test_schedule_targets_todays_partition() -> None:
 # ---------------------------------------------------------------- full runs
 
 
-@pytest.fixture
-def graph_env(monkeypatch, database_url: URL, tmp_path: Path):
-    from app.db.urls import render
-
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    monkeypatch.setenv("DATABASE_URL", render(database_url))
-    monkeypatch.setenv("DATA_DIR", str(data_dir))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    (tmp_path / "dagster_home").mkdir()
-    (tmp_path / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    for var in ("TMS_WEB", "TMS_BASE", "TMS_USERNAME", "TMS_PASSWORD"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr("app.runner._today", lambda settings: TODAY)
-    monkeypatch.setattr("crm_assets.factory._today", lambda: TODAY)
-    return data_dir
-
-
-def _seed(database_url: URL, sim) -> None:
-    async def go() -> None:
-        engine = create_engine(database_url)
-        try:
-            await upsert_stores(
-                engine, [{**s, "etl_flag": True, "report_flag": True} for s in sim.stores()]
-            )
-        finally:
-            await engine.dispose()
-
-    asyncio.run(go())
-
-
-def _portal(sim) -> dict[str, str]:
-    return {
-        "web_url": sim.web_url,
-        "base_url": sim.base_url,
-        "username": sim.username,
-        "password": sim.password,
-    }
-
-
-def _query(database_url: URL, sql: str) -> list:
-    async def go() -> list:
-        engine = create_engine(database_url)
-        try:
-            async with engine.connect() as conn:
-                return list((await conn.execute(text(sql))).mappings())
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(go())
-
-
 def _expected_keys(sim, bucket: str, stores: list[str]) -> set[tuple]:
     return _expected_keys_at(sim, bucket, stores, TODAY)
-
-
-def _expected_keys_at(sim, bucket: str, stores: list[str], day: dt.date) -> set[tuple]:
-    """Distinct dedupe keys of what the simulator served, as the database stores them."""
-    spec = MERGE_BUCKET_DB_SPECS[bucket]
-    canon = {normalize_header(h): col for h, col in spec["column_map"].items()}
-    for alias, target in spec.get("header_aliases", {}).items():
-        canon[normalize_header(alias)] = spec["column_map"][target]
-    keys = set()
-    for store in stores:
-        for row in sim.served_rows(REPORT_OF_BUCKET[bucket], store, day):
-            mapped = {
-                canon[normalize_header(h)]: v
-                for h, v in row.items()
-                if normalize_header(h) in canon
-            }
-            with contextlib.suppress(CoercionError):
-                keys.add(
-                    tuple(
-                        key_value(c, spec["coerce"][c], mapped.get(c)) for c in spec["dedupe_keys"]
-                    )
-                )
-    return keys
 
 
 def test_full_partition_run_loads_what_the_portal_served_and_cleans_up(
@@ -185,7 +103,7 @@ def test_rejected_row_keeps_files_fails_the_check_and_exits_1(
 ) -> None:
     sim = make_portal_sim(store_count=2, seed=5, today=TODAY, bad_rows_per_store=1)
     _seed(database_url, sim)
-    outcome = execute_graph(
+    outcome = execute_date(
         load_settings(),
         run_date=TODAY,
         buckets=["undelivered_all"],
@@ -196,8 +114,7 @@ def test_rejected_row_keeps_files_fails_the_check_and_exits_1(
     summary = outcome.buckets["undelivered_all"]
     assert summary.audit == "failed" and summary.rejected and summary.rejected >= 2
     assert outcome.exit_code == 1
-    merged = graph_env / TODAY.isoformat() / merged_name("undelivered_all", TODAY)
-    assert merged.exists()
+    (merged,) = (graph_env / TODAY.isoformat()).rglob(merged_name("undelivered_all", TODAY))
     rejects = _query(database_url, "SELECT bucket, line_number, error FROM ingest_rejects")
     assert rejects and all(r["bucket"] == "undelivered_all" and r["error"] for r in rejects)
     # the same path through the CLI wrapper: files kept, exit 1
@@ -210,7 +127,7 @@ def test_rejected_row_keeps_files_fails_the_check_and_exits_1(
         )
         == 1
     )
-    assert merged.exists() and any((graph_env / TODAY.isoformat()).glob("*-undelivered-all.csv"))
+    assert merged.exists() and any((graph_env / TODAY.isoformat()).rglob("*-undelivered-all.csv"))
 
 
 def test_one_store_failing_loads_the_others_warns_and_exits_1(
@@ -224,7 +141,7 @@ def test_one_store_failing_loads_the_others_warns_and_exits_1(
         store_behaviour={bad: "500:*@missed_leads"},
     )
     _seed(database_url, sim)
-    outcome: RunOutcome = execute_graph(
+    outcome: RunOutcome = execute_date(
         load_settings(),
         run_date=TODAY,
         buckets=["missed_leads"],
@@ -256,7 +173,7 @@ def test_sensor_fires_once_per_passed_bucket_and_date(
 ) -> None:
     sim = make_portal_sim(store_count=2, seed=3, today=TODAY)
     _seed(database_url, sim)
-    outcome = execute_graph(
+    outcome = execute_date(
         load_settings(),
         run_date=TODAY,
         buckets=BUCKETS,
@@ -271,20 +188,23 @@ def test_sensor_fires_once_per_passed_bucket_and_date(
         keys = sorted(r.run_key for r in result.run_requests)
         assert len(keys) == len(BUCKETS) == len(set(keys))
         assert all(f":{TODAY.isoformat()}:" in k for k in keys)
-        again = cleanup_on_passed_audit(
-            dg.build_sensor_context(instance=instance, definitions=defs, cursor=result.cursor)
-        )
-        assert not again.run_requests
         # launching the requested cleanup job deletes exactly that audit's files
         request = next(r for r in result.run_requests if ":missed_leads:" in r.run_key)
         job = defs.resolve_job_def("crm_cleanup")
         done = job.execute_in_process(run_config=request.run_config, instance=instance)
         assert done.success
+        # state, not a cursor: the cleaned audit is no longer asked for, the others still are
+        again = cleanup_on_passed_audit(
+            dg.build_sensor_context(instance=instance, definitions=defs)
+        )
+        assert sorted(r.run_key for r in again.run_requests) == [
+            k for k in keys if ":missed_leads:" not in k
+        ]
     audit = asyncio.run(_latest(database_url, "missed_leads"))
     assert audit is not None and audit.cleanup_status == "deleted"
     day = graph_env / TODAY.isoformat()
-    assert not any(day.glob("*-missed-leads.csv"))
-    assert any(day.glob("*-repeat-customers.csv"))  # other buckets untouched until their run
+    assert not any(day.rglob("*-missed-leads.csv"))
+    assert any(day.rglob("*-repeat-customers.csv"))  # other buckets untouched until their run
 
 
 async def _latest(database_url: URL, bucket: str):
@@ -303,7 +223,6 @@ def test_backfill_of_a_past_date_reprocesses_kept_files(
     _seed(database_url, sim)
     # On the past day itself a dry run downloaded and merged, and (being dry) kept the files.
     monkeypatch.setattr("app.runner._today", lambda settings: past)
-    monkeypatch.setattr("crm_assets.factory._today", lambda: past)
     assert (
         run_pipeline(
             load_settings(),
@@ -316,7 +235,6 @@ def test_backfill_of_a_past_date_reprocesses_kept_files(
     )
     # Days later the portal only serves newer data; the backfill must use the kept files.
     monkeypatch.setattr("app.runner._today", lambda settings: TODAY)
-    monkeypatch.setattr("crm_assets.factory._today", lambda: TODAY)
     sim.set_today(TODAY)
     logins = sim.login_count
     code = run_pipeline(load_settings(), run_date=past, buckets=["missed_leads"])
@@ -339,7 +257,7 @@ def test_past_date_without_kept_files_fails_with_a_clear_message(
     sim = make_portal_sim(store_count=1, seed=4, today=TODAY)
     _seed(database_url, sim)
     past = TODAY - dt.timedelta(days=5)
-    outcome = execute_graph(
+    outcome = execute_date(
         load_settings(),
         run_date=past,
         buckets=["repeat_customers"],
@@ -363,7 +281,7 @@ def test_dry_run_writes_nothing_and_keeps_files(
         table = MERGE_BUCKET_DB_SPECS[bucket]["table_name"]
         assert _query(database_url, f"SELECT count(*) AS n FROM {table}")[0]["n"] == 0
     assert _query(database_url, "SELECT count(*) AS n FROM pipeline_audit")[0]["n"] == 0
-    assert any((graph_env / TODAY.isoformat()).glob("merged_*.csv"))
+    assert any((graph_env / TODAY.isoformat()).rglob("merged_*.csv"))
 
 
 def test_failed_download_counts_by_store(
@@ -371,7 +289,7 @@ def test_failed_download_counts_by_store(
 ) -> None:
     sim = make_portal_sim(store_count=2, seed=12, today=TODAY)
     _seed(database_url, sim)
-    outcome = execute_graph(
+    outcome = execute_date(
         load_settings(),
         run_date=TODAY,
         buckets=["repeat_customers"],

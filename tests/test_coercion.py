@@ -10,8 +10,18 @@ from typing import Any
 
 import pytest
 
-from app.coercion import CoercionError, coerce_value, key_value, normalize_header
-from app.ingest import _plan, _RowCoercer
+from app.coercion import (
+    AMOUNT_PRECISION,
+    AMOUNT_SCALE,
+    DATE_FORMATS,
+    CoercionError,
+    coerce_value,
+    key_value,
+    normalize_header,
+    to_date,
+)
+from app.config import MERGE_BUCKET_DB_SPECS
+from app.row_check import RowCoercer
 from app.row_models import validate_row
 
 BOOL_CASES = [
@@ -72,19 +82,49 @@ AMOUNT_CASES = [
     ("1345.00", Decimal("1345.00")),
     ("1,200.00", Decimal("1200.00")),
     ("12,34,567.50", Decimal("1234567.50")),  # Indian grouping
+    ("1,00,000.50", Decimal("100000.50")),  # Indian grouping, lakh
+    ("1,234,567.50", Decimal("1234567.50")),  # Western grouping
+    ("1,234", Decimal("1234")),  # three digits after the comma: grouping, not decimals
     ("0", Decimal("0")),
     ("-15.5", Decimal("-15.5")),
+    ("1345.000", Decimal("1345.00")),  # the extra decimal is a zero: nothing is rounded
+    ("999999999999.99", Decimal("999999999999.99")),  # the largest NUMERIC(14,2)
+    ("-999999999999.99", Decimal("-999999999999.99")),
+    ("\u20b91,200.00", Decimal("1200.00")),
 ]
 
 
 @pytest.mark.parametrize(("raw", "expected"), AMOUNT_CASES)
 def test_amounts(raw: str, expected: Decimal) -> None:
-    assert coerce_value("net_amount", "float", raw) == expected
+    value = coerce_value("net_amount", "float", raw)
+    assert value == expected
+    assert -value.as_tuple().exponent <= AMOUNT_SCALE  # type: ignore[operator]
 
 
-@pytest.mark.parametrize("raw", ["12a", "1.2.3", "Rs"])
+@pytest.mark.parametrize("raw", ["12a", "1.2.3", "Rs", "1,2345.00", "12,34,5678", "1,000,00"])
 def test_bad_amounts_rejected(raw: str) -> None:
     with pytest.raises(CoercionError, match="amount"):
+        coerce_value("net_amount", "float", raw)
+
+
+@pytest.mark.parametrize("raw", ["1345.005", "0.001", "1,200.0001", "-3.14159"])
+def test_amount_with_more_decimals_than_the_column_is_rejected_not_rounded(raw: str) -> None:
+    with pytest.raises(CoercionError, match=r"more decimals than the column keeps \(2\)"):
+        coerce_value("net_amount", "float", raw)
+
+
+@pytest.mark.parametrize(
+    "raw", ["1000000000000", "1000000000000.00", "-1000000000000", "99999999999999.99"]
+)
+def test_amount_beyond_numeric_14_2_is_rejected(raw: str) -> None:
+    assert (AMOUNT_PRECISION, AMOUNT_SCALE) == (14, 2)
+    with pytest.raises(CoercionError, match=r"out of range for NUMERIC\(14,2\)"):
+        coerce_value("net_amount", "float", raw)
+
+
+@pytest.mark.parametrize("raw", ["1,50", "1,5", "-1,50", "1.234,50", "12,5"])
+def test_ambiguous_decimal_comma_is_rejected(raw: str) -> None:
+    with pytest.raises(CoercionError, match="ambiguous decimal comma"):
         coerce_value("net_amount", "float", raw)
 
 
@@ -99,6 +139,92 @@ def test_ints(raw: str, expected: int) -> None:
 def test_bad_int_rejected() -> None:
     with pytest.raises(CoercionError, match="integer"):
         coerce_value("pickup_row_id", "int", "12.5")
+
+
+@pytest.mark.parametrize(
+    "raw", ["9223372036854775807", "-9223372036854775808", "0000000000000000000042"]
+)
+def test_ints_at_the_bigint_limits(raw: str) -> None:
+    assert coerce_value("pickup_row_id", "int", raw) == int(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "9223372036854775808",
+        "-9223372036854775809",
+        "9" * 30,
+        "1" * 5000,
+        "9,223,372,036,854,775,808",
+    ],
+)
+def test_int_beyond_bigint_is_rejected(raw: str) -> None:
+    with pytest.raises(CoercionError, match="out of range for a 64-bit column"):
+        coerce_value("pickup_row_id", "int", raw)
+
+
+@pytest.mark.parametrize(
+    ("column", "kind"),
+    [
+        ("status", "str"),
+        ("mobile_no", "str"),
+        ("order_date", "date"),
+        ("net_amount", "float"),
+        ("pickup_row_id", "int"),
+        ("is_order_placed", "bool"),
+    ],
+)
+@pytest.mark.parametrize("raw", ["a\x00b", "\x00", "1\x00", " \x00 "])
+def test_nul_character_is_rejected_for_every_kind(column: str, kind: Any, raw: str) -> None:
+    with pytest.raises(CoercionError, match="NUL character"):
+        coerce_value(column, kind, raw)
+    with pytest.raises(CoercionError, match="NUL character"):
+        coerce_value(column, kind, raw, is_key=True)
+
+
+def _loop_date(raw: str) -> dt.date | None:
+    """The DATE_FORMATS loop alone (what `to_date` did before its fast paths)."""
+    text = " ".join(raw.strip().split())
+    for fmt in DATE_FORMATS:
+        try:
+            return dt.datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "2026-03-03 18:05:38",
+        "2026-03-03 23:59:59",
+        "2026-03-03 24:00:00",
+        "2026-03-03 18:60:00",
+        "2026-03-03 18:05:60",
+        "2026-02-29 10:00:00",
+        "2024-02-29 10:00:00",
+        "07-03-2026",
+        "31-04-2026",
+        "00-03-2026",
+        "07/13/2026",
+        "07-03/2026",
+        "21 Apr 2026 3:03:39 PM",
+        "21 apr 2026 12:00:00 am",
+        "21 APR 2026 03:03:39 PM",
+        "21 Apr 2026 0:03:39 PM",
+        "21 Apr 2026 13:03:39 PM",
+        "31 Feb 2026 3:03:39 PM",
+        "21 Abc 2026 3:03:39 PM",
+        "1 Jan 2026 1:00:00 AM",
+    ],
+)
+def test_date_fast_paths_agree_with_the_format_loop(raw: str) -> None:
+    expected = _loop_date(raw)
+    if expected is None:
+        with pytest.raises(CoercionError):
+            to_date(raw)
+    else:
+        assert to_date(raw) == expected
 
 
 MOBILE_CASES = [
@@ -220,30 +346,73 @@ def test_row_model_missing_key_column_rejected() -> None:
         validate_row("repeat_customers", {"mobile_no": "9876543210", "status": "Yes"})
 
 
-# Every value above, as a full row, through the ingester's compiled path and the Pydantic model.
+# Every value above, as a full row, through the compiled path and the Pydantic model.
 EQUIVALENCE_ROWS: list[dict[str, str | None]] = (
     [{**MISSED_OK, "is_order_placed": raw} for raw, _ in BOOL_CASES if raw is not None]
     + [{**MISSED_OK, "pickup_date": raw} for raw, _ in DATE_CASES]
     + [{**MISSED_OK, "pickup_date": "2026-02-30"}, {**MISSED_OK, "pickup_no": "N/A"}]
     + [{**MISSED_OK, "mobile_number": raw} for raw, _ in MOBILE_CASES]
     + [{**MISSED_OK, "pickup_row_id": raw} for raw in ("12,345", "7.0", "x", "", "NA")]
+    + [{**MISSED_OK, "pickup_row_id": raw} for raw in ("9223372036854775807", "9" * 25)]
     + [{**MISSED_OK, "customer_name": raw} for raw in ("", "-", "null", " Ravi ")]
+    + [{**MISSED_OK, column: "x\x00y"} for column in ("customer_name", "is_order_placed")]
+    + [{**MISSED_OK, "pickup_no": "\x00"}, {**MISSED_OK, "pickup_no": "", "pickup_date": "x"}]
 )
+UNDELIVERED_OK: dict[str, str | None] = {
+    "order_id": "O1",
+    "order_date": "26 Nov 2025",
+    "store_code": "A668",
+    "store_name": "Store",
+    "taxable_amount": "1,200.00",
+    "net_amount": "1345.00",
+    "service_code": "DC",
+    "mobile_no": "+91 98765-43210",
+    "status": "Pending",
+    "customer_id": "C1",
+    "expected_deliver_on": "21 Apr 2026 3:03:39 PM",
+    "actual_deliver_on": "N/A",
+}
+UNDELIVERED_ROWS: list[dict[str, str | None]] = [
+    {**UNDELIVERED_OK, "net_amount": raw}
+    for raw in [r for r, _ in AMOUNT_CASES]
+    + ["1345.005", "1,50", "1000000000000", "12a", "", "N/A", "a\x00"]
+] + [{**UNDELIVERED_OK, "order_date": raw} for raw in ("2026-03-03 18:05:38", "31-04-2026")]
 
 
-def test_compiled_path_equals_row_model() -> None:
-    header = list(MISSED_OK)
-    plan = _plan("missed_leads", __import__("pathlib").Path("x.csv"), header)
-    compiled = _RowCoercer("missed_leads", plan, "compiled")
+def _outcome(call: Any) -> Any:
+    try:
+        return call()
+    except CoercionError as exc:
+        return ("rejected", str(exc))
+
+
+@pytest.mark.parametrize(
+    ("bucket", "rows"),
+    [("missed_leads", EQUIVALENCE_ROWS), ("undelivered_all", UNDELIVERED_ROWS)],
+)
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_compiled_path_equals_row_model(
+    bucket: str, rows: list[dict[str, str | None]], shuffled: bool
+) -> None:
+    columns = list(MERGE_BUCKET_DB_SPECS[bucket]["coerce"])
+    header = list(reversed(columns)) if shuffled else columns  # positions are honoured
+    compiled = RowCoercer(bucket, [header.index(c) for c in columns], len(header))
+    model = RowCoercer(bucket, [header.index(c) for c in columns], len(header), "model")
     for _ in range(2):  # the second round is served from the memo
-        for raw in EQUIVALENCE_ROWS:
-            record: list[str | None] = [raw[h] for h in header]
-            try:
-                expected: Any = tuple(validate_row("missed_leads", raw).values())
-            except CoercionError as exc:
-                expected = ("rejected", str(exc))
-            try:
-                got: Any = compiled(record)
-            except CoercionError as exc:
-                got = ("rejected", str(exc))
-            assert got == expected, raw
+        for raw in rows:
+            record: list[str | None] = [raw.get(h) for h in header]
+            expected = _outcome(lambda raw=raw: tuple(validate_row(bucket, raw).values()))
+            assert _outcome(lambda record=record: compiled(record)) == expected, raw
+            assert _outcome(lambda record=record: model(record)) == expected, raw
+        compiled.rows = 10_000
+        compiled.tune()  # the un-memoised path must agree as well
+
+
+def test_row_coercer_missing_column_reads_null() -> None:
+    columns = list(MERGE_BUCKET_DB_SPECS["undelivered_all"]["coerce"])
+    present = [c for c in columns if c != "status"]
+    coercer = RowCoercer(
+        "undelivered_all", [present.index(c) if c in present else None for c in columns], 11
+    )
+    values = dict(zip(columns, coercer([UNDELIVERED_OK[c] for c in present]), strict=True))
+    assert values["status"] is None and values["net_amount"] == Decimal("1345.00")

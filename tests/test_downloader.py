@@ -5,12 +5,12 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from app.config import BUCKETS, FILE_SPECS
-from app.csv_io import SENTINEL, count_records, is_empty_report, looks_like_html
+from app.csv_io import SENTINEL, count_records, is_empty_report, looks_like_html, open_records
 from app.downloader import (
     DownloadReport,
     LoginError,
@@ -20,6 +20,8 @@ from app.downloader import (
     download_reports_sync,
 )
 from app.portal_sim import PortalSimulator
+from app.portal_sim.config import PLAINTEXT_BODY
+from app.rejects import FileProblem
 from tests.fixtures_portal import portal_creds
 
 FAST = {"progress": False, "backoff_base_s": 0.01, "backoff_max_s": 0.05, "rate_per_s": 0}
@@ -394,3 +396,201 @@ async def test_unreachable_portal_is_reported_as_such(data_dir: Path) -> None:
             max_retries=1,
             **FAST,
         )
+
+
+# ----- verify hook, plain-text messages, portal-day guard, target folder --------------------
+
+
+def _store_column(header: list[str]) -> int | None:
+    for index, name in enumerate(header):
+        if name.strip().lower().replace("-", " ").replace("_", " ") == "store code":
+            return index
+    return None
+
+
+def store_check(bucket: str, store_code: str, path: Path) -> FileProblem | None:
+    """A small stand-in for the real report check: the file must hold the store's own records."""
+    if is_empty_report(path):
+        return None
+    with open_records(path) as (header, records):
+        col = _store_column(header)
+        found = {r[col].strip().upper() for _, r in records if col is not None and len(r) > col}
+    others = sorted(found - {store_code.upper()})
+    if not others:
+        return None
+    return FileProblem("other_store", f"holds store {', '.join(others)}, not {store_code}")
+
+
+async def test_otherstore_once_is_cured_by_reselecting_the_store(
+    make_portal_sim: Callable[..., PortalSimulator], data_dir: Path
+) -> None:
+    sim = make_portal_sim(
+        store_codes=["A1", "O1", "B1"], store_behaviour={"O1": "otherstore:1@undelivered_all"}
+    )
+    seen: list[tuple[str, str, str]] = []
+
+    def verify(bucket: str, store_code: str, path: Path) -> FileProblem | None:
+        seen.append((bucket, store_code, path.name))
+        assert path.name.endswith(".part") and path.exists()
+        return store_check(bucket, store_code, path)
+
+    report = await run(sim, data_dir, verify=verify)
+    assert report.ok, report.failed_stores
+    assert_files_match(sim, report, sim.store_codes)
+    assert sim.dashboard_visits("O1") == 2 and sim.dashboard_visits("A1") == 1
+    assert report.buckets["undelivered_all"].verify_retries == 1 == report.verify_retries
+    assert report.retries == 1
+    assert len(seen) == 3 * 3 + 1
+    assert_no_bad_files(data_dir)
+
+
+async def test_otherstore_always_fails_only_that_store(
+    make_portal_sim: Callable[..., PortalSimulator], data_dir: Path
+) -> None:
+    sim = make_portal_sim(store_codes=["A1", "O1", "B1"], store_behaviour={"O1": "otherstore"})
+    report = await run(sim, data_dir, verify=store_check)
+    assert set(report.failed_stores) == {"O1"}
+    for bucket in report.buckets.values():
+        assert bucket.failed["O1"] == (
+            "after re-selecting the store and downloading again: holds store B1, not O1"
+        )
+        assert bucket.verify_retries == 1
+    assert sim.dashboard_visits("O1") == 1 + 3
+    assert not list((data_dir / sim.today.isoformat()).glob("O1-*"))
+    assert_files_match(sim, report, ["A1", "B1"], exact=False)
+    assert_no_bad_files(data_dir)
+
+
+async def test_plaintext_message_once_is_retried(
+    make_portal_sim: Callable[..., PortalSimulator], data_dir: Path
+) -> None:
+    sim = make_portal_sim(store_codes=["A1", "P1"], store_behaviour={"P1": "plaintext"})
+    report = await run(sim, data_dir)
+    assert report.ok, report.failed_stores
+    assert_files_match(sim, report, sim.store_codes)
+    assert sim.faults["plaintext"] == 3 == sum(b.retries for b in report.buckets.values())
+
+
+async def test_plaintext_message_always_fails_the_store_never_an_empty_report(
+    make_portal_sim: Callable[..., PortalSimulator], data_dir: Path
+) -> None:
+    sim = make_portal_sim(
+        store_codes=["A1", "P1"], store_behaviour={"P1": "plaintext:*@missed_leads"}
+    )
+    for verify in (None, store_check):
+        report = await run(sim, data_dir, max_retries=2, verify=verify)
+        assert set(report.failed_stores) == {"P1"}
+        assert report.buckets["missed_leads"].failed["P1"] == (
+            "the portal sent a plain-text message instead of a CSV: "
+            f"{PLAINTEXT_BODY!r} after 2 retries"
+        )
+        assert "P1" not in report.buckets["missed_leads"].rows_by_store
+        assert "P1" in report.buckets["repeat_customers"].files
+        assert not (data_dir / sim.today.isoformat() / "P1-missed-leads.csv").exists()
+    assert_no_bad_files(data_dir)
+
+
+async def test_verify_refetch_problem_downloads_again_once(
+    make_portal_sim: Callable[..., PortalSimulator], data_dir: Path
+) -> None:
+    sim = make_portal_sim(store_codes=["A1", "B1"])
+    calls: list[tuple[str, str]] = []
+
+    def flaky(bucket: str, store_code: str, path: Path) -> FileProblem | None:
+        calls.append((bucket, store_code))
+        if (bucket, store_code) == ("repeat_customers", "B1") and calls.count(calls[-1]) == 1:
+            return FileProblem("not_a_report", "looked truncated")
+        return None
+
+    report = await run(sim, data_dir, verify=flaky)
+    assert report.ok, report.failed_stores
+    assert_files_match(sim, report, sim.store_codes)
+    assert report.buckets["repeat_customers"].verify_retries == 1 == report.verify_retries
+    assert sim.requests_for("B1").count("/mis/download_repeat_csv?store_code=B1") == 2
+    assert sim.dashboard_visits("B1") == 1  # a refetch does not re-select
+
+    def always_bad(bucket: str, store_code: str, path: Path) -> FileProblem | None:
+        return FileProblem("blank", "no records") if store_code == "B1" else None
+
+    report = await run(sim, data_dir, verify=always_bad, buckets=["missed_leads"])
+    assert report.failed_stores == {"B1": "after downloading again: no records"}
+    assert "A1" in report.buckets["missed_leads"].files
+
+
+async def test_verify_crash_fails_only_that_file(
+    make_portal_sim: Callable[..., PortalSimulator], data_dir: Path
+) -> None:
+    sim = make_portal_sim(store_codes=["A1", "B1"])
+
+    def broken(bucket: str, store_code: str, path: Path) -> FileProblem | None:
+        if (bucket, store_code) == ("missed_leads", "B1"):
+            raise RuntimeError("bug in the check")
+        return None
+
+    report = await run(sim, data_dir, verify=broken)
+    assert report.failed_stores == {"B1": "the file check failed: RuntimeError: bug in the check"}
+    assert "B1" in report.buckets["repeat_customers"].files
+    assert_no_bad_files(data_dir)
+
+
+def flipping_clock(day: dt.date, after: int) -> tuple[Callable[[], dt.date], list[int]]:
+    """A clock that reads `day` for `after` calls, then the next day."""
+    calls = [0]
+
+    def clock() -> dt.date:
+        calls[0] += 1
+        return day if calls[0] <= after else day + dt.timedelta(days=1)
+
+    return clock, calls
+
+
+async def test_portal_day_change_mid_run_fails_the_rest(
+    make_portal_sim: Callable[..., PortalSimulator], data_dir: Path, tmp_path: Path
+) -> None:
+    sim = make_portal_sim(store_codes=["A1", "B1", "C1"])
+    day, next_day = sim.today, sim.today + dt.timedelta(days=1)
+    # Calls: A1 dashboard + 3 files (1-4), B1 dashboard (5), B1 missed leads (6), then the flip.
+    clock, calls = flipping_clock(day, after=6)
+    target = tmp_path / "run-42"
+    report = await run(sim, data_dir, concurrency=1, portal_day=day, clock=clock, target_dir=target)
+    reason = (
+        f"the portal's day changed from {day} to {next_day} during the run; "
+        f"this file would hold {next_day}'s data: rerun for {next_day}"
+    )
+    assert set(report.failed_stores) == {"B1", "C1"}
+    ml, ud, rc = (report.buckets[b] for b in BUCKETS)
+    assert "B1" in ml.files and ud.failed["B1"] == reason
+    assert rc.failed["B1"] == f"skipped, the store failed earlier: {reason}"
+    assert all(b.failed["C1"] == reason for b in report.buckets.values())
+    assert sim.requests_for("C1") == [] and calls[0] == 7
+    assert sorted(p.name for p in target.iterdir()) == [
+        "A1-missed-leads.csv",
+        "A1-repeat-customers.csv",
+        "A1-undelivered-all.csv",
+        "B1-missed-leads.csv",
+    ]
+    assert not (target / "B1-undelivered-all.csv").exists()  # fetched after the flip
+    assert not (data_dir / day.isoformat()).exists()
+    assert_files_match(sim, report, ["A1"], exact=False)
+
+
+async def test_portal_day_already_past_fails_every_store_without_requests(
+    portal_sim: PortalSimulator, data_dir: Path
+) -> None:
+    yesterday = portal_sim.today - dt.timedelta(days=1)
+    report = await run(portal_sim, data_dir, portal_day=yesterday, clock=lambda: portal_sim.today)
+    assert set(report.failed_stores) == set(portal_sim.store_codes)
+    assert all("rerun for" in r for r in report.failed_stores.values())
+    assert portal_sim.requests["/mis/partner_dashboard"] == 0
+
+
+async def test_invalid_store_codes_of_any_kind_fail_per_store(
+    portal_sim: PortalSimulator, data_dir: Path
+) -> None:
+    good = portal_sim.store_codes[:2]
+    odd = cast(list[str], [None, 12, " A1 ", "", "ok/../x"])
+    report = await run(portal_sim, data_dir, stores=[good[0], *odd, good[1]])
+    assert set(report.failed_stores) == {"None", "12", " A1 ", "", "ok/../x"}
+    assert all("invalid store code" in r for r in report.failed_stores.values())
+    assert_files_match(portal_sim, report, good)
+    assert portal_sim.dashboard_visits(good[1]) == 1

@@ -156,8 +156,9 @@ def test_missed_leads_winner_rule(data_dir: Path) -> None:
     assert result.merged_rows == result.expected_unique == 5
 
 
-def test_duplicates_across_stores_tie_goes_to_later_store(data_dir: Path) -> None:
-    # The same (store_code, pickup_no) exported by two store files (a store moved in the portal).
+def test_a_store_file_with_another_stores_rows_fails_only_that_store(data_dir: Path) -> None:
+    # B2's download holds A1's rows (the session had A1 selected): B2 fails, A1 merges alone.
+    # (Before the strict reader this merged as a cross-store duplicate of A1's P1.)
     files = {
         "B2": write_csv(
             store_file(data_dir, D, "missed_leads", "B2"),
@@ -172,8 +173,12 @@ def test_duplicates_across_stores_tie_goes_to_later_store(data_dir: Path) -> Non
     }
     result = merge_bucket("missed_leads", D, files, data_dir)
     _, rows = read_merged(result.path)
-    assert {r["pickup_no"]: r["id"] for r in rows} == {"P1": "2", "P2": "3"}
-    assert result.duplicates_dropped == 1 and result.expected_unique == 2
+    assert {r["pickup_no"]: r["id"] for r in rows} == {"P1": "1", "P2": "3"}
+    assert result.duplicates_dropped == 0 and result.expected_unique == 2
+    assert list(result.failed_stores) == ["B2"]
+    assert "other_store" in result.failed_stores["B2"] and "'A1'" in result.failed_stores["B2"]
+    assert result.download_rows_by_store == {"A1": 2}  # a failed file contributes nothing
+    assert result.merged_stores == {"A1": str(files["A1"])}
 
 
 def test_undelivered_winner_prefers_delivered_copy(data_dir: Path) -> None:
@@ -211,7 +216,7 @@ def test_repeat_customers_key_is_the_db_value(data_dir: Path) -> None:
     header, merged = read_merged(result.path)
     assert header == ["Store Code", "Mobile No.", "Status"]
     assert [(r["Store Code"], r["Mobile No."], r["Status"]) for r in merged] == [
-        (" A1 ", "9876543210", "Yes"),
+        ("A1", "9876543210", "Yes"),  # key cells are written trimmed
         ("A1", "9999999999", "No"),
         ("B1", "9876543210", "Yes"),
     ]
@@ -219,7 +224,7 @@ def test_repeat_customers_key_is_the_db_value(data_dir: Path) -> None:
     assert result.duplicates_dropped == 1
 
 
-def test_rows_without_key_are_kept_and_counted(data_dir: Path) -> None:
+def test_rows_without_key_are_rejected_not_merged(data_dir: Path) -> None:
     rows = [
         missed_row("A1", ""),
         missed_row("A1", "N/A"),
@@ -228,20 +233,83 @@ def test_rows_without_key_are_kept_and_counted(data_dir: Path) -> None:
     ]
     files = {"A1": write_csv(store_file(data_dir, D, "missed_leads", "A1"), MISSED_HEADER, rows)}
     result = merge_bucket("missed_leads", D, files, data_dir)
-    assert result.rows_without_key == 2
-    assert result.merged_rows == result.expected_unique == 3  # 1 unique key + 2 keyless rows
+    assert [(r.code, r.line_number, r.record_no) for r in result.rejects] == [
+        ("missing_key", 2, 1),
+        ("missing_key", 3, 2),
+    ]
+    assert all("missing dedupe key pickup_no" in r.reason for r in result.rejects)
+    assert result.quarantined == 2 and result.blocking == 0
+    assert result.merged_rows == result.expected_unique == 1  # keyless rows are not written
     assert result.duplicates_dropped == 1
+    assert result.download_total == 4  # rejects are records of the download
+    _, merged = read_merged(result.path)
+    assert [r["pickup_no"] for r in merged] == ["P1"]
 
 
-def test_store_file_without_key_column_fails_the_bucket(data_dir: Path) -> None:
+def test_store_file_without_key_column_fails_only_its_store(data_dir: Path) -> None:
     header = [h for h in MISSED_HEADER if h != "pickup_no"]
     files = {
         "A1": write_csv(
             store_file(data_dir, D, "missed_leads", "A1"), header, [missed_row("A1", "")]
-        )
+        ),
+        "B1": write_csv(
+            store_file(data_dir, D, "missed_leads", "B1"), MISSED_HEADER, [missed_row("B1", "P1")]
+        ),
     }
-    with pytest.raises(MergeError, match="pickup_no"):
-        merge_bucket("missed_leads", D, files, data_dir)
+    result = merge_bucket("missed_leads", D, files, data_dir)
+    assert set(result.failed_stores) == {"A1"}
+    assert result.failed_stores["A1"].startswith("not_a_report:")
+    assert "pickup_no" in result.failed_stores["A1"]
+    assert result.download_rows_by_store == {"B1": 1} and result.merged_rows == 1
+    assert not list((data_dir / D.isoformat()).glob(".*tmp"))
+
+
+def test_only_failed_stores_give_a_header_only_file(data_dir: Path) -> None:
+    path = store_file(data_dir, D, "missed_leads", "A1")
+    path.write_text("Service temporarily unavailable, please try again later.")
+    result = merge_bucket("missed_leads", D, {"A1": path}, data_dir)
+    assert result.merged_rows == result.expected_unique == result.download_total == 0
+    assert result.failed_stores["A1"].startswith("not_a_report:")
+    assert result.merged_stores == {} and result.rejects == []
+    assert result.path.read_text().strip() == ",".join(MISSED_HEADER)
+
+
+def test_out_dir_and_merged_stores(data_dir: Path, tmp_path: Path) -> None:
+    files = {
+        "A1": write_csv(
+            store_file(data_dir, D, "missed_leads", "A1"), MISSED_HEADER, [missed_row("A1", "P1")]
+        ),
+        "B1": write_sentinel(store_file(data_dir, D, "missed_leads", "B1")),
+    }
+    out = tmp_path / "run-1"
+    result = merge_bucket("missed_leads", D, files, data_dir, out_dir=out)
+    assert result.path == out / merged_name("missed_leads", D) and result.path.exists()
+    assert not list((data_dir / D.isoformat()).glob("merged_*"))
+    assert result.merged_stores == {"A1": str(files["A1"]), "B1": str(files["B1"])}
+    assert result.failed_stores == {}
+
+
+def test_a_file_changed_between_the_passes_is_a_merge_error(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.merger as merger
+
+    path = write_csv(
+        store_file(data_dir, D, "missed_leads", "A1"), MISSED_HEADER, [missed_row("A1", "P1")]
+    )
+    real = merger.read_report
+    calls: list[bool] = []
+
+    def growing(bucket: str, store: str, file: Path, **kwargs: object) -> object:
+        if calls:  # the second pass: someone appended a record meanwhile
+            with file.open("a", encoding="utf-8") as fh:
+                fh.write(",".join(str(v) for v in missed_row("A1", "P9").values()) + "\n")
+        calls.append(True)
+        return real(bucket, store, file, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(merger, "read_report", growing)
+    with pytest.raises(MergeError, match="changed while merging"):
+        merge_bucket("missed_leads", D, {"A1": path}, data_dir)
     assert not list((data_dir / D.isoformat()).glob("merged_*"))
     assert not list((data_dir / D.isoformat()).glob(".*tmp"))
 

@@ -19,8 +19,9 @@ import pytest
 from app.coercion import CoercionError, coerce_value, normalize_header
 from app.config import MERGE_BUCKET_DB_SPECS
 from app.csv_io import SENTINEL, count_records_in_bytes
-from app.portal_sim import PortalSimulator, SimConfig
-from app.portal_sim.data import MISSED_LEADS_HEADER, UNDELIVERED_HEADER
+from app.portal_sim import PortalSimulator, SimConfig, data
+from app.portal_sim.config import PLAINTEXT_BODY, parse_behaviours
+from app.portal_sim.data import ACCENTED_TEXT, FREE_TEXT, MISSED_LEADS_HEADER, UNDELIVERED_HEADER
 from tests.fixtures_portal import SIM_DEFAULTS, SIM_TODAY
 
 BUCKET_REPORTS = ("missed_leads", "undelivered_all", "repeat_customers")
@@ -363,3 +364,237 @@ def test_cli_portal_sim_serves_until_interrupted(tmp_path: Path) -> None:
         _out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert "TMS_USERNAME=demo" in err
+
+
+# ----- body tokens: damaged CSV bodies over real HTTP ---------------------------------------
+
+BODY_STORES = {
+    "OS1": "otherstore",
+    "PD1": "paddedstore",
+    "RG1": "ragged",
+    "QT1": "quote",
+    "FT1": "footer",
+    "WS1": "whitespace",
+    "JK1": "junk",
+    "CP1": "cp1252",
+    "UT1": "utf16",
+    "NL1": "nul",
+    "TG1": "ragged@repeat_customers",
+}
+
+
+def _records_by_line(text: str) -> dict[int, list[str]]:
+    """Records keyed by the physical line they start on (1 = header), as the platform reads."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    out: dict[int, list[str]] = {}
+    line = 1
+    for record in reader:
+        out[line] = record
+        line = reader.line_num + 1
+    return out
+
+
+def _line_of(body: bytes, offset: int) -> int:
+    return body[:offset].count(b"\n") + 1
+
+
+@pytest.fixture
+def body_sim(make_portal_sim: Callable[..., PortalSimulator]) -> PortalSimulator:
+    return make_portal_sim(
+        store_codes=["A1", *BODY_STORES], store_behaviour=BODY_STORES, junk_bytes=200_000
+    )
+
+
+def _fetch_all(sim: PortalSimulator) -> dict[tuple[str, str], httpx.Response]:
+    got = {}
+    with httpx.Client() as client:
+        login(sim, client)
+        for sc in BODY_STORES:
+            select(sim, client, sc)
+            for key in BUCKET_REPORTS:
+                got[(key, sc)] = fetch(sim, client, key, sc)
+    return got
+
+
+def _clean(sim: PortalSimulator, key: str, sc: str) -> bytes:
+    return data.report_bytes(sim.config, key, sc, sim.today)
+
+
+def test_body_tokens_serve_exactly_served_bytes(body_sim: PortalSimulator) -> None:
+    sim = body_sim
+    for (key, sc), resp in _fetch_all(sim).items():
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/csv")
+        assert resp.content == sim.served_bytes(key, sc), (key, sc)
+        # served_rows stay the store's own clean records, whatever the body holds.
+        clean = _clean(sim, key, sc).decode()
+        assert count_records_in_bytes(clean.encode()) == len(sim.served_rows(key, sc))
+    assert sim.served_bytes("missed_leads", "TG1") == _clean(sim, "missed_leads", "TG1")
+    assert sim.body_faults("missed_leads", "TG1") == frozenset()
+    assert sim.body_faults("repeat_customers", "TG1") == {"ragged"}
+
+
+def test_otherstore_serves_another_stores_report(body_sim: PortalSimulator) -> None:
+    sim = body_sim
+    other = sim.other_store("OS1")
+    assert other != "OS1" and other in sim.store_codes
+    for key in BUCKET_REPORTS:
+        body = sim.served_bytes(key, "OS1")
+        assert body == _clean(sim, key, other)
+        header, *records = csv.reader(io.StringIO(body.decode(), newline=""))
+        col = [normalize_header(h) for h in header].index("store code")
+        assert {r[col] for r in records} == {other}
+        assert {r[header[col]] for r in sim.served_rows(key, "OS1")} == {"OS1"}
+        assert sim.fault_lines(key, "OS1") == [] and sim.damaged_records(key, "OS1") == []
+    lonely = PortalSimulator(SimConfig(store_codes=["A1"], store_behaviour={"A1": "otherstore"}))
+    assert lonely.other_store("A1") == "Z999"
+    assert b"Z999" in lonely.served_bytes("repeat_customers", "A1")
+
+
+def test_otherstore_once_then_the_right_store(
+    make_portal_sim: Callable[..., PortalSimulator],
+) -> None:
+    sim = make_portal_sim(store_codes=["A1", "B1"], store_behaviour={"A1": "otherstore:1"})
+    assert sim.served_bytes("missed_leads", "A1") == _clean(sim, "missed_leads", "A1")
+    wrong = sim.served_bytes("missed_leads", "A1", all_faults=True)
+    assert wrong == _clean(sim, "missed_leads", "B1")
+    with httpx.Client() as client:
+        login(sim, client)
+        select(sim, client, "A1")
+        assert fetch(sim, client, "missed_leads", "A1").content == wrong
+        assert fetch(sim, client, "missed_leads", "A1").content == _clean(sim, "missed_leads", "A1")
+        assert fetch(sim, client, "repeat_customers", "A1").content == _clean(
+            sim, "repeat_customers", "B1"
+        )  # counted per (store, report)
+    assert sim.faults["otherstore"] == 2
+
+
+def test_ragged_nul_and_cp1252_damage_one_record(body_sim: PortalSimulator) -> None:
+    sim = body_sim
+    for key in BUCKET_REPORTS:
+        rows = sim.served_rows(key, "RG1")
+        middle = len(rows) // 2
+        for sc in ("RG1", "NL1", "CP1"):
+            assert sim.damaged_records(key, sc) == [len(sim.served_rows(key, sc)) // 2]
+        # ragged: one field more than the header, on the reported line only
+        parsed = _records_by_line(sim.served_bytes(key, "RG1").decode())
+        width = len(parsed[1])
+        (line,) = sim.fault_lines(key, "RG1")
+        assert len(parsed[line]) == width + 1
+        assert FREE_TEXT[key][1] in sim.served_bytes(key, "RG1").decode()
+        assert [n for n, r in parsed.items() if len(r) != width] == [line]
+        good = [
+            dict(zip(parsed[1], r, strict=True)) for n, r in parsed.items() if n not in (1, line)
+        ]
+        assert good == [r for i, r in enumerate(rows) if i != middle]
+        # nul: a NUL byte in that record's free-text cell
+        nul_body = sim.served_bytes(key, "NL1")
+        assert nul_body.count(b"\x00") == 1
+        assert [_line_of(nul_body, nul_body.index(b"\x00"))] == sim.fault_lines(key, "NL1")
+        # cp1252: strict UTF-8 fails at the first 0xE9, inside the damaged record
+        cp_body = sim.served_bytes(key, "CP1")
+        with pytest.raises(UnicodeDecodeError) as info:
+            cp_body.decode("utf-8")
+        assert info.value.start == cp_body.index(b"\xe9")
+        assert [_line_of(cp_body, info.value.start)] == sim.fault_lines(key, "CP1")
+        assert ACCENTED_TEXT in cp_body.decode("cp1252")
+    assert (
+        sim.body_faults("repeat_customers", "TG1") and sim.fault_lines("missed_leads", "TG1") == []
+    )
+
+
+def test_quote_swallows_the_next_record_or_the_rest_of_the_file(
+    body_sim: PortalSimulator,
+) -> None:
+    sim = body_sim
+    for key in BUCKET_REPORTS:
+        body = sim.served_bytes(key, "QT1").decode()
+        rows = sim.served_rows(key, "QT1")
+        middle = len(rows) // 2
+        lines = sim.fault_lines(key, "QT1")
+        physical = body.split("\n")
+        opened = physical[lines[0] - 1]
+        assert f'"{FREE_TEXT[key][1]}' in opened and opened.count('"') % 2 == 1
+        parsed = _records_by_line(body)
+        if key == "repeat_customers":  # no quote anywhere else: swallowed to end of file
+            assert sim.damaged_records(key, "QT1") == list(range(middle, len(rows)))
+            assert max(parsed) == lines[0] and len(parsed) == middle + 2
+        else:  # the next record's quoted store name closes it: two records become one
+            assert sim.damaged_records(key, "QT1") == [middle, middle + 1]
+            assert len(parsed) == len(rows)  # header + one record fewer
+        assert lines[0] in parsed and all(n not in parsed for n in lines[1:])
+
+
+def test_footer_whitespace_junk_utf16_and_padded_store(body_sim: PortalSimulator) -> None:
+    sim = body_sim
+    for key in BUCKET_REPORTS:
+        n = len(sim.served_rows(key, "FT1"))
+        footer = sim.served_bytes(key, "FT1").decode()
+        last = footer.rstrip("\r\n").rsplit("\n", 1)[-1]
+        width = len(sim.served_header(key, "FT1"))
+        expected = f"Total,{n}" if key == "repeat_customers" else f"Total,{n}" + "," * (width - 2)
+        assert last == expected
+        assert sim.fault_lines(key, "FT1") == [footer.rstrip("\r\n").count("\n") + 1]
+        assert sim.damaged_records(key, "FT1") == []
+        blank = sim.served_bytes(key, "WS1")
+        assert blank.strip() == b"" and set(blank) == {ord(" "), ord("\n")}
+        junk = sim.served_bytes(key, "JK1")
+        assert len(junk) == 200_000 and b"\n" not in junk and b"\r" not in junk
+        assert min(junk) >= 0x20 and max(junk) <= 0x7E
+        utf16 = sim.served_bytes(key, "UT1")
+        assert utf16.startswith(b"\xff\xfe")
+        assert utf16.decode("utf-16") == _clean(sim, key, "UT1").decode()
+        padded = sim.served_bytes(key, "PD1").decode()
+        header, *records = csv.reader(io.StringIO(padded, newline=""))
+        col = [normalize_header(h) for h in header].index("store code")
+        assert {r[col] for r in records} == {" pd1 "}
+        for sc in ("WS1", "JK1", "UT1", "PD1"):
+            assert sim.fault_lines(key, sc) == []
+
+
+def test_junk_can_be_ten_megabytes(make_portal_sim: Callable[..., PortalSimulator]) -> None:
+    sim = make_portal_sim(
+        store_codes=["J1"], store_behaviour={"J1": "junk@repeat_customers"}, junk_bytes=10_000_000
+    )
+    with httpx.Client() as client:
+        login(sim, client)
+        select(sim, client, "J1")
+        body = fetch(sim, client, "repeat_customers", "J1").content
+    assert len(body) == 10_000_000 and b"\n" not in body
+    assert body == sim.served_bytes("repeat_customers", "J1")
+
+
+def test_plaintext_message_with_http_200(make_portal_sim: Callable[..., PortalSimulator]) -> None:
+    sim = make_portal_sim(
+        store_codes=["P1", "P2"],
+        store_behaviour={"P1": "plaintext", "P2": "plaintext:*@repeat_customers"},
+    )
+    with httpx.Client() as client:
+        login(sim, client)
+        for sc in sim.store_codes:
+            select(sim, client, sc)
+        first = fetch(sim, client, "missed_leads", "P1")
+        assert first.status_code == 200
+        assert first.headers["content-type"].startswith("text/plain")
+        assert first.text == PLAINTEXT_BODY
+        assert fetch(sim, client, "missed_leads", "P1").content == sim.served_bytes(
+            "missed_leads", "P1"
+        )
+        for _ in range(3):
+            assert fetch(sim, client, "repeat_customers", "P2").text == PLAINTEXT_BODY
+        assert (
+            fetch(sim, client, "missed_leads", "P2").headers["content-type"].startswith("text/csv")
+        )
+    assert sim.faults["plaintext"] == 4
+
+
+def test_body_token_parsing() -> None:
+    parsed = parse_behaviours("otherstore:1@missed_leads, quote, plaintext")
+    assert [(b.name, b.times, b.target) for b in parsed] == [
+        ("otherstore", 1, "missed_leads"),
+        ("quote", None, None),
+        ("plaintext", 1, None),
+    ]
+    with pytest.raises(ValueError, match="cannot target the dashboard"):
+        parse_behaviours("junk@dashboard")
+    with pytest.raises(ValueError, match="unknown simulator behaviour"):
+        parse_behaviours("junky")

@@ -26,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     func,
+    text,
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -103,10 +104,21 @@ class PipelineAudit(Base):
     updated: Mapped[int | None] = mapped_column(BigInteger)
     kept_newer: Mapped[int | None] = mapped_column(BigInteger)
     rejected: Mapped[int | None] = mapped_column(BigInteger)
+    # Measured after the load (app.measure / ingest_rejects), never derived from other counts.
+    quarantined: Mapped[int | None] = mapped_column(BigInteger)
+    blocking: Mapped[int | None] = mapped_column(BigInteger)
+    in_file_duplicates: Mapped[int | None] = mapped_column(BigInteger)
+    written: Mapped[int | None] = mapped_column(BigInteger)
+    missing_keys: Mapped[int | None] = mapped_column(BigInteger)
+    details: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
+    )
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     reason: Mapped[str | None] = mapped_column(Text)
     manifest: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False, default=list)
     cleanup_status: Mapped[str | None] = mapped_column(String(16))
+    cleanup_run_id: Mapped[str | None] = mapped_column(String(64))
+    cleanup_reason: Mapped[str | None] = mapped_column(Text)
     cleaned_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
@@ -117,14 +129,19 @@ class IngestReject(Base):
     """A row the ingester could not load, kept with its reason: nothing is dropped in silence."""
 
     __tablename__ = "ingest_rejects"
-    __table_args__ = (Index(None, "bucket", "run_date"),)
+    __table_args__ = (Index(None, "bucket", "run_date"), Index(None, "run_id", "bucket"))
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(String(64), nullable=False)
     bucket: Mapped[str] = mapped_column(String(64), nullable=False)
     run_date: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    store_code: Mapped[str | None] = mapped_column(String(32))
     file: Mapped[str] = mapped_column(Text, nullable=False)
     line_number: Mapped[int] = mapped_column(Integer, nullable=False)
+    record_no: Mapped[int | None] = mapped_column(Integer)
+    # app.rejects codes; `blocking` is the bucket's quarantine rule applied when it was written.
+    code: Mapped[str] = mapped_column(String(32), nullable=False, server_default="bad_value")
+    blocking: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=true())
     raw_row: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     error: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[dt.datetime] = mapped_column(

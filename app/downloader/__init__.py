@@ -8,18 +8,24 @@ from app.downloader.client import (
 )
 from app.downloader.core import (
     BucketDownload,
+    Clock,
     DownloadReport,
+    Verify,
     download_reports,
     download_reports_sync,
+    franchise_today,
 )
 
 __all__ = [
     "BucketDownload",
+    "Clock",
     "DownloadReport",
     "LoginError",
     "PortalCredentials",
     "PortalError",
     "PortalUnavailableError",
+    "Verify",
     "download_reports",
     "download_reports_sync",
+    "franchise_today",
 ]

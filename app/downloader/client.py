@@ -30,11 +30,16 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from app.config import validate_store_code
 from app.csv_io import count_records, is_sentinel_bytes, looks_like_html
 from app.downloader.pages import REPORTS_CARD_TITLE, find_card_link, is_login_required, page_title
+from app.rejects import FileProblem
 
 T = TypeVar("T")
+# Judges a complete body (the part file) before it gets its final name; None = a good file.
+FileCheck = Callable[[Path], FileProblem | None]
 _SNIFF_BYTES = 4096
+_QUOTE_CHARS = 200  # how much of a portal message goes into a failure reason
 USER_AGENT = "crm-platform-downloader/1.0"
 
 
@@ -83,6 +88,22 @@ class RetryableStatus(Exception):
 
 class EmptyBody(Exception):
     """HTTP 200 with zero bytes: the portal never sends that (an empty report is the sentinel)."""
+
+
+class PlainTextBody(Exception):
+    """HTTP 200 with a short `text/plain` sentence (an error message) in place of a CSV."""
+
+    def __init__(self, first_line: str) -> None:
+        super().__init__(first_line)
+        self.first_line = first_line
+
+
+class BadFile(Exception):
+    """The caller's file check rejected a complete body; it was not saved."""
+
+    def __init__(self, problem: FileProblem) -> None:
+        super().__init__(problem.reason)
+        self.problem = problem
 
 
 class FetchError(Exception):
@@ -182,7 +203,26 @@ def describe(exc: BaseException) -> str:
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(exc, EmptyBody):
         return "HTTP 200 with an empty body"
+    if isinstance(exc, PlainTextBody):
+        return f"the portal sent a plain-text message instead of a CSV: {exc.first_line!r}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _check_plain_text(resp: httpx.Response, head: bytes) -> None:
+    """A short `text/plain` body that is not the empty-report sentinel is an error message.
+
+    The portal sends its CSVs as `text/csv`; a one-sentence plain-text answer with HTTP 200
+    ("Service temporarily unavailable, ...") is transient, and saving it would make the store
+    look like it had an (oddly shaped) report. Only bodies shorter than the sniff window count.
+    """
+    media = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if media != "text/plain" or is_sentinel_bytes(head):
+        return
+    text = head.decode("utf-8", "replace").lstrip("\ufeff")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if len(first) > _QUOTE_CHARS:
+        first = first[: _QUOTE_CHARS - 3] + "..."
+    raise PlainTextBody(first)
 
 
 class _PartFile:
@@ -272,7 +312,7 @@ class PortalClient:
     # ----- retries ---------------------------------------------------------------------------
 
     def _retryable(self, exc: BaseException) -> bool:
-        if isinstance(exc, (RetryableStatus, EmptyBody)):
+        if isinstance(exc, (RetryableStatus, EmptyBody, PlainTextBody)):
             return True
         return isinstance(exc, httpx.TransportError) and not _is_tls_error(exc)
 
@@ -373,6 +413,10 @@ class PortalClient:
 
     async def select_store(self, store_code: str, counter: list[int]) -> int:
         """Visit the store's dashboard (selects it in the session); returns the generation."""
+        try:
+            validate_store_code(store_code)  # it goes into a URL: never trust the caller
+        except ValueError as exc:
+            raise FetchError(str(exc)) from None
         session = self._require_session()
         url = f"{self.creds.base_url}/mis/partner_dashboard?store_code={store_code}"
         try:
@@ -395,11 +439,13 @@ class PortalClient:
 
     # ----- downloads -------------------------------------------------------------------------
 
-    async def fetch_csv(self, url: str, final: Path) -> FetchResult:
+    async def fetch_csv(self, url: str, final: Path, check: FileCheck | None = None) -> FetchResult:
         """Stream one CSV to a temporary file, check it, then rename it to `final`.
 
-        Raises SessionLost for an HTML body (decided from the content, never the status), and
-        FetchError when retries are exhausted or the answer is not retryable.
+        Raises SessionLost for an HTML body (decided from the content, never the status),
+        BadFile when `check` finds a problem in the complete body (the part file is gone; the
+        caller decides how to retry), and FetchError when retries are exhausted or the answer
+        is not retryable.
         """
         session = self._require_session()
         counter = [0]
@@ -416,25 +462,10 @@ class PortalClient:
                     self._check_redirect(resp, session.generation)
                     if resp.status_code != 200:
                         raise FetchError(f"HTTP {resp.status_code}")
-                    head = bytearray()
-                    sniffed = False
-                    async for chunk in resp.aiter_bytes():
-                        if not sniffed:
-                            head += chunk
-                            if len(head) < _SNIFF_BYTES:
-                                continue
-                            self._check_head(bytes(head), session.generation)
-                            sniffed = True
-                            part.write(bytes(head))
-                            continue
-                        part.write(chunk)
-                    if not sniffed:
-                        if not head:
-                            raise EmptyBody()
-                        self._check_head(bytes(head), session.generation)
-                        part.write(bytes(head))
+                    head = await self._stream_body(resp, part, session.generation)
                 await asyncio.to_thread(part.close)
-                empty = part.size <= 64 and is_sentinel_bytes(bytes(head))
+                await self._run_check(check, part.tmp)
+                empty = part.size <= 64 and is_sentinel_bytes(head)
                 rows = 0 if empty else await asyncio.to_thread(count_records, part.tmp)
                 size = part.size
                 await asyncio.to_thread(part.commit)
@@ -444,8 +475,43 @@ class PortalClient:
 
         try:
             return await self._retrying(once, counter)
-        except (httpx.TransportError, RetryableStatus, EmptyBody) as exc:
+        except (httpx.TransportError, RetryableStatus, EmptyBody, PlainTextBody) as exc:
             raise FetchError(f"{describe(exc)} after {counter[0]} retries") from None
+
+    async def _stream_body(self, resp: httpx.Response, part: _PartFile, generation: int) -> bytes:
+        """Write the body to `part`, judging its first `_SNIFF_BYTES` first; returns that head."""
+        head = bytearray()
+        sniffed = False
+        async for chunk in resp.aiter_bytes():
+            if sniffed:
+                part.write(chunk)
+                continue
+            head += chunk
+            if len(head) < _SNIFF_BYTES:
+                continue
+            self._check_head(bytes(head), generation)
+            sniffed = True
+            part.write(bytes(head))
+        if not sniffed:
+            if not head:
+                raise EmptyBody()
+            self._check_head(bytes(head), generation)
+            _check_plain_text(resp, bytes(head))
+            part.write(bytes(head))
+        return bytes(head)
+
+    @staticmethod
+    async def _run_check(check: FileCheck | None, path: Path) -> None:
+        """The caller's file check, in a thread (it reads the file); a crash in it is reported
+        as this file's failure rather than as the whole store's."""
+        if check is None:
+            return
+        try:
+            problem = await asyncio.to_thread(check, path)
+        except Exception as exc:
+            raise FetchError(f"the file check failed: {type(exc).__name__}: {exc}") from None
+        if problem is not None:
+            raise BadFile(problem)
 
     @staticmethod
     def _check_redirect(resp: httpx.Response, generation: int) -> None:

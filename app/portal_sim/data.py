@@ -437,3 +437,141 @@ def report_records(
 ) -> list[dict[str, str]]:
     header, rows = report_table(cfg, key, store_code, day, mode)
     return [dict(zip(header, row, strict=True)) for row in rows]
+
+
+# ----- damaged bodies (`store_behaviour` body tokens; semantics in SimConfig's docstring) -------
+
+# The free-text cell a record fault damages, and the text it puts there (it holds a comma).
+FREE_TEXT: dict[str, tuple[str, str]] = {
+    "missed_leads": ("special_instruction", "Gate 2, ring twice"),
+    "undelivered_all": ("status", "Ready, packed"),
+    "repeat_customers": ("Status", "Yes, twice"),
+}
+_FALLBACK_FREE_TEXT = "Ready, packed"
+ACCENTED_TEXT = "Deliver to José at Café Mondegar"  # é is 0xE9 in cp1252: invalid UTF-8
+WHITESPACE_BODY = b"    \n  \n\n        \n \n   "
+UTF16_BOM = b"\xff\xfe"
+_PLACEHOLDER = "\x01cell\x01"  # needs no quoting, so it survives csv.writer verbatim
+_PRINTABLE = bytes(0x20 + (i % 95) for i in range(256))  # every byte -> space..tilde
+
+
+@dataclass(frozen=True)
+class DamagedBody:
+    """A served body plus where it is damaged, for tests that must tell good records from bad.
+
+    `fault_lines`: physical lines (1 = header) where a record a CSV reader gets wrong begins.
+    `damaged_records`: 0-based indices, among the records the body was built from, of those a
+    CSV reader does not read back intact at their own line.
+    """
+
+    body: bytes
+    fault_lines: tuple[int, ...] = ()
+    damaged_records: tuple[int, ...] = ()
+
+
+def _render(cells: list[str], newline: str) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator=newline, quoting=csv.QUOTE_MINIMAL).writerow(cells)
+    return buf.getvalue()
+
+
+def _column(header: list[str], wanted: str) -> int:
+    """Index of `wanted` whatever the export's header spelling; the last column if absent."""
+    norm = wanted.lower().replace(" ", "_")
+    for index, name in enumerate(header):
+        if name.lower().replace(" ", "_").replace("-", "_") == norm:
+            return index
+    return len(header) - 1
+
+
+def junk_bytes(cfg: SimConfig, key: str, store_code: str, day: dt.date) -> bytes:
+    """`cfg.junk_bytes` seeded random printable bytes (space to tilde), no newline at all."""
+    rng = _rng("junk", cfg.seed, store_code, key, day.isoformat())
+    return rng.randbytes(cfg.junk_bytes).translate(_PRINTABLE)
+
+
+def _damage_record(row: list[str], col: int, key: str, faults: frozenset[str], nl: str) -> str:
+    """The record faults (nul, cp1252, ragged, quote) on one rendered record; later ones win."""
+    fixed = FREE_TEXT.get(key, ("", _FALLBACK_FREE_TEXT))[1]
+    cells = list(row)
+    raw: str | None = None
+    if "nul" in faults:
+        cells[col] = fixed.replace(",", "\x00")
+    if "cp1252" in faults:
+        cells[col] = ACCENTED_TEXT
+    if "ragged" in faults:
+        raw = fixed  # unquoted: its comma makes one field more than the header
+    if "quote" in faults:
+        raw = '"' + fixed  # opens a quoted field that this line never closes
+    if raw is None:
+        return _render(cells, nl)
+    cells[col] = _PLACEHOLDER
+    return _render(cells, nl).replace(_PLACEHOLDER, raw)
+
+
+def _read_back(
+    text: str, starts: list[int], expected: list[list[str]]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(fault_lines, damaged_records): parse `text` as the platform would and compare."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    next(reader, None)
+    parsed: dict[int, list[str]] = {}
+    line = reader.line_num + 1
+    for record in reader:
+        if record and not (len(record) == 1 and not record[0].strip()):
+            parsed[line] = record
+        line = reader.line_num + 1
+    damaged = [
+        i for i, (s, row) in enumerate(zip(starts, expected, strict=True)) if parsed.get(s) != row
+    ]
+    good = {starts[i] for i in range(len(starts))} - {starts[i] for i in damaged}
+    lines = {starts[i] for i in damaged} | {s for s in parsed if s not in good}
+    return tuple(sorted(lines)), tuple(damaged)
+
+
+def damaged_body(
+    cfg: SimConfig,
+    key: str,
+    store_code: str,
+    day: dt.date,
+    mode: str | None,
+    faults: frozenset[str],
+    other_store: str,
+) -> DamagedBody:
+    """The body served with `faults` (body tokens) in effect; see SimConfig for each one."""
+    if "whitespace" in faults:
+        return DamagedBody(WHITESPACE_BODY)
+    if "junk" in faults:
+        return DamagedBody(junk_bytes(cfg, key, store_code, day))
+    source = other_store if "otherstore" in faults else store_code
+    source_mode = None if source != store_code else mode
+    header, rows = report_table(cfg, key, source, day, source_mode)
+    nl = store_profile(cfg.seed, source).newline
+    if source_mode == "sentinel" or (not rows and source_mode != "empty"):
+        return DamagedBody(_encode(SENTINEL, faults))
+    if "paddedstore" in faults:
+        sc_col = _column(header, "store_code")
+        rows = [[*r[:sc_col], f" {r[sc_col].lower()} ", *r[sc_col + 1 :]] for r in rows]
+    records = [_render(r, nl) for r in rows]
+    if rows and faults & {"nul", "cp1252", "ragged", "quote"}:
+        target = len(rows) // 2
+        col = _column(header, FREE_TEXT.get(key, ("status", ""))[0])
+        records[target] = _damage_record(rows[target], col, key, faults, nl)
+    starts, line = [], 2
+    for record in records:
+        starts.append(line)
+        line += record.count("\n")
+    text = _render(header, nl) + "".join(records)
+    if "footer" in faults and rows:
+        width = 2 if key == "repeat_customers" else max(2, len(header))
+        text += _render(["Total", str(len(rows)), *[""] * (width - 2)], nl)
+    fault_lines, damaged = _read_back(text, starts, rows)
+    return DamagedBody(_encode(text, faults), fault_lines, damaged)
+
+
+def _encode(text: str, faults: frozenset[str]) -> bytes:
+    if "utf16" in faults:
+        return UTF16_BOM + text.encode("utf-16-le")
+    if "cp1252" in faults:
+        return text.encode("cp1252")
+    return text.encode("utf-8")

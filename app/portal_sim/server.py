@@ -26,7 +26,14 @@ from aiohttp import web
 from app.config import FILE_SPECS
 from app.json_logger import log_event
 from app.portal_sim import data
-from app.portal_sim.config import Behaviour, SimConfig, ist_today, parse_behaviours
+from app.portal_sim.config import (
+    BODY_BEHAVIOURS,
+    PLAINTEXT_BODY,
+    Behaviour,
+    SimConfig,
+    ist_today,
+    parse_behaviours,
+)
 
 WEB_COOKIE = "tms_web"
 REPORTS_COOKIE = "tms_session"
@@ -161,16 +168,99 @@ class PortalSimulator:
                 return b.name
         return None
 
-    def served_bytes(self, report_key: str, store_code: str, day: dt.date | None = None) -> bytes:
-        """The exact body this portal sends for that report, store and date."""
-        day = day or self._today
+    def other_store(self, store_code: str) -> str:
+        """Whose report an `otherstore` token serves: the next simulator store (cyclically), or
+        the synthetic `Z999` (`Z998` if that is the store) when there is no other one."""
+        others = [sc for sc in self.store_codes if sc != store_code]
+        if not others:
+            return "Z998" if store_code == "Z999" else "Z999"
+        if store_code not in self._known:
+            return others[0]
+        return self.store_codes[(self.store_codes.index(store_code) + 1) % len(self.store_codes)]
+
+    def body_faults(
+        self, report_key: str, store_code: str, *, all_faults: bool = False
+    ) -> frozenset[str]:
+        """The body tokens that apply to that report: the always (`*`) ones, or every one."""
+        return frozenset(
+            b.name
+            for b in self._behaviours.get(store_code, [])
+            if b.name in BODY_BEHAVIOURS
+            and b.target in (None, report_key)
+            and (all_faults or b.times is None)
+        )
+
+    def _take_body_faults(self, store_code: str, report_key: str) -> frozenset[str]:
+        """The body tokens this request gets, counting the limited ones per (store, report)."""
+        names: set[str] = set()
+        with self._lock:
+            for b in self._behaviours.get(store_code, []):
+                if b.name not in BODY_BEHAVIOURS or b.target not in (None, report_key):
+                    continue
+                slot = (store_code, report_key, b.name)
+                if b.times is None or self._fired[slot] < b.times:
+                    self._fired[slot] += 1
+                    self.faults[b.name] += 1
+                    names.add(b.name)
+        return frozenset(names)
+
+    def _body(
+        self, report_key: str, store_code: str, day: dt.date, faults: frozenset[str]
+    ) -> data.DamagedBody:
         mode = self._data_mode(store_code, report_key)
-        return data.report_bytes(self.config, report_key, store_code, day, mode)
+        if not faults:
+            return data.DamagedBody(
+                data.report_bytes(self.config, report_key, store_code, day, mode)
+            )
+        other = self.other_store(store_code)
+        return data.damaged_body(self.config, report_key, store_code, day, mode, faults, other)
+
+    def served_bytes(
+        self,
+        report_key: str,
+        store_code: str,
+        day: dt.date | None = None,
+        *,
+        all_faults: bool = False,
+    ) -> bytes:
+        """The exact body this portal sends for that report, store and date.
+
+        With the store's always (`*`) body tokens applied; `all_faults=True` applies the
+        counted ones too (the body of the first N requests). HTTP faults are not reflected.
+        """
+        faults = self.body_faults(report_key, store_code, all_faults=all_faults)
+        return self._body(report_key, store_code, day or self._today, faults).body
+
+    def fault_lines(
+        self,
+        report_key: str,
+        store_code: str,
+        day: dt.date | None = None,
+        *,
+        all_faults: bool = False,
+    ) -> list[int]:
+        """Physical lines (1 = header) of `served_bytes` where a damaged record begins."""
+        faults = self.body_faults(report_key, store_code, all_faults=all_faults)
+        return list(self._body(report_key, store_code, day or self._today, faults).fault_lines)
+
+    def damaged_records(
+        self,
+        report_key: str,
+        store_code: str,
+        day: dt.date | None = None,
+        *,
+        all_faults: bool = False,
+    ) -> list[int]:
+        """0-based indices into `served_rows` of the records `served_bytes` damages."""
+        faults = self.body_faults(report_key, store_code, all_faults=all_faults)
+        body = self._body(report_key, store_code, day or self._today, faults)
+        return list(body.damaged_records)
 
     def served_rows(
         self, report_key: str, store_code: str, day: dt.date | None = None
     ) -> list[dict[str, str]]:
-        """The records (header → raw value) in that body; empty for the sentinel."""
+        """The clean records (header -> raw value) of that store's report; empty for the
+        sentinel. Body tokens never change them (see SimConfig)."""
         day = day or self._today
         mode = self._data_mode(store_code, report_key)
         return data.report_records(self.config, report_key, store_code, day, mode)
@@ -428,7 +518,7 @@ class PortalSimulator:
         fault = await self._fault(request, sc, key)
         if fault is not None:
             return fault
-        body = self.served_bytes(key, sc)
+        body = self._body(key, sc, self._today, self._take_body_faults(sc, key)).body
         with self._lock:
             self.served[(key, sc)] += 1
         filename = _DOWNLOAD_NAMES[key].format(sc=sc)
@@ -444,7 +534,7 @@ class PortalSimulator:
     def _pick_fault(self, sc: str, target: str) -> str | None:
         with self._lock:
             for b in self._behaviours.get(sc, []):
-                if b.name in ("sentinel", "empty"):
+                if b.name in ("sentinel", "empty") or b.name in BODY_BEHAVIOURS:
                     continue
                 if b.target is None and target == "dashboard":
                     continue
@@ -487,6 +577,8 @@ class PortalSimulator:
             return web.Response(status=int(name), text="Server Error")
         if name == "html":
             return _logged_out()
+        if name == "plaintext":
+            return web.Response(text=PLAINTEXT_BODY, content_type="text/plain")
         transport = request.transport
         if name == "reset":
             if transport is not None:

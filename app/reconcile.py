@@ -1,0 +1,173 @@
+"""One bucket's audit step: measure every count from its own source, judge, record.
+
+Called after the load committed (see `app.audit` for what is measured from where). A step that
+failed earlier still leaves an audit row saying why (`record_failure`), and every file is kept.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.audit import FAILED, AuditRecord, Counts, build_manifest, evaluate, save_audit
+from app.ingest import IngestResult
+from app.json_logger import log_event
+from app.measure import measure_load, measure_raw
+from app.merger import MergeResult
+from app.pipeline import RawFiles
+from app.reject_store import first_rejects, reject_counts, rejected_records
+from app.run_context import RunContext
+
+
+async def measure_counts(
+    engine: AsyncEngine, ctx: RunContext, merge: MergeResult, ingest: IngestResult
+) -> Counts:
+    """Every number of the audit, each from its own source (server-side parsers and queries)."""
+    bucket = merge.bucket
+    files = {store: Path(path) for store, path in merge.merged_stores.items()}
+    async with engine.connect() as conn:
+        exclude = await rejected_records(conn, ctx.run_id, bucket, ctx.run_date)
+        raw = await measure_raw(conn, bucket, files, exclude)
+        await conn.commit()
+        load = await measure_load(
+            conn, bucket, merge.path, run_id=ctx.run_id, run_date=ctx.run_date
+        )
+        await conn.commit()
+        quarantined, blocking = await reject_counts(conn, ctx.run_id, bucket, ctx.run_date)
+    errors = dict(raw.errors)
+    if load.error:
+        errors["merged file"] = load.error
+    return Counts(
+        download_total=raw.total,
+        in_file_duplicates=merge.duplicates_dropped,
+        quarantined=quarantined,
+        blocking=blocking,
+        merged_rows=load.merged_rows,
+        expected_unique=raw.expected_unique,
+        ingested_rows=load.ingested_rows if load.error is None else None,
+        written=load.written,
+        kept_newer=load.kept_newer,
+        missing_keys=load.missing_keys if load.error is None else None,
+        missing_examples=list(load.missing_examples),
+        measured_by_store=dict(raw.by_store),
+        reader_by_store=dict(merge.download_rows_by_store),
+        measure_errors=errors,
+        first_blocking=(
+            await first_rejects(engine, ctx.run_id, bucket, ctx.run_date) if blocking else []
+        ),
+    )
+
+
+def _manifest(raw: RawFiles, merge: MergeResult) -> tuple[list[dict[str, Any]], list[str]]:
+    """The merged stores' raw files and the merged file: exactly what cleanup may delete."""
+    files = [Path(p) for p in merge.merged_stores.values()] + [merge.path]
+    extras: dict[str, dict[str, Any]] = {str(merge.path): {"kind": "merged"}}
+    for store, path in merge.merged_stores.items():
+        extras[str(path)] = {
+            "kind": "raw",
+            "store": store,
+            "origin": raw.origin.get(store, "download"),
+            "taken_from": raw.taken_from.get(store),
+        }
+    return build_manifest(files, extras)
+
+
+def failed_stores(raw: RawFiles, merge: MergeResult | None) -> dict[str, str]:
+    out = dict(raw.failed)
+    if merge is not None:
+        out.update(merge.failed_stores)
+    return out
+
+
+async def audit_bucket(
+    engine: AsyncEngine, ctx: RunContext, raw: RawFiles, merge: MergeResult, ingest: IngestResult
+) -> AuditRecord:
+    """Measure, judge and write the audit of one bucket (after its load committed)."""
+    counts = await measure_counts(engine, ctx, merge, ingest)
+    status, reason = evaluate(counts)
+    manifest, missing = _manifest(raw, merge)
+    if missing:
+        status = FAILED
+        reason = "; ".join(filter(None, [reason, f"files missing at audit time: {missing}"]))
+    failed = failed_stores(raw, merge)
+    if status != FAILED and failed:
+        # The files that exist reconcile, so cleaning them up is safe; the stores that failed are
+        # the run's failure (its exit code) and their files, if any, are not in the manifest.
+        reason = "; ".join(
+            filter(None, [reason, "stores that failed: " + ", ".join(sorted(failed))])
+        )
+    return await save_audit(
+        engine,
+        AuditRecord(
+            id=None,
+            run_id=ctx.run_id,
+            bucket=merge.bucket,
+            run_date=ctx.run_date,
+            status=status,
+            reason=reason,
+            download_total=counts.download_total,
+            download_rows_by_store=dict(counts.measured_by_store),
+            failed_stores=failed,
+            merged_rows=counts.merged_rows,
+            expected_unique=counts.expected_unique,
+            ingested_rows=counts.ingested_rows,
+            inserted=ingest.inserted,
+            updated=ingest.updated,
+            kept_newer=counts.kept_newer,
+            rejected=(counts.quarantined or 0) + (counts.blocking or 0),
+            quarantined=counts.quarantined,
+            blocking=counts.blocking,
+            in_file_duplicates=counts.in_file_duplicates,
+            written=counts.written,
+            missing_keys=counts.missing_keys,
+            details=_details(counts),
+            manifest=manifest,
+        ),
+    )
+
+
+def _details(c: Counts) -> dict[str, Any]:
+    return {
+        "reader_rows_by_store": c.reader_by_store,
+        "measure_errors": c.measure_errors,
+        "missing_examples": c.missing_examples[:5],
+        "first_blocking": [
+            {k: v for k, v in r.items() if k != "blocking"} for r in c.first_blocking[:5]
+        ],
+    }
+
+
+async def record_failure(
+    engine: AsyncEngine,
+    ctx: RunContext,
+    bucket: str,
+    error: str,
+    raw: RawFiles | None = None,
+    merge: MergeResult | None = None,
+) -> AuditRecord:
+    """A step that failed still leaves an audit row that says why; every file is kept."""
+    log_event(
+        "error", f"{bucket} failed: {error}", status="error", bucket=bucket, date=ctx.run_date
+    )
+    return await save_audit(
+        engine,
+        AuditRecord(
+            id=None,
+            run_id=ctx.run_id,
+            bucket=bucket,
+            run_date=ctx.run_date,
+            status=FAILED,
+            reason=error,
+            download_total=raw.download_total if raw else None,
+            download_rows_by_store=dict(raw.rows_by_store) if raw else {},
+            failed_stores=failed_stores(raw, merge) if raw else {},
+            merged_rows=merge.merged_rows if merge else None,
+            expected_unique=None,
+            ingested_rows=None,
+            inserted=None,
+            updated=None,
+            kept_newer=None,
+            rejected=None,
+            manifest=[],
+        ),
+    )

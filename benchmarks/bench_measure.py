@@ -1,0 +1,235 @@
+"""Audit measurement benchmark: `app.measure` against the ingest it audits, on 1,000,000 rows.
+
+    .venv/bin/python benchmarks/bench_measure.py [--rows 1000000] [--stores 500] [--repeat 3]
+
+Data: `--stores` portal-shaped missed-leads store files (the ingest benchmark's row shapes: ISO
+and day-first dates, `+91 ...` and blank mobiles, free text with commas, quotes and newlines;
+every 10th file CRLF, every 7th with a BOM, plus 2% sentinel stores) with 5% of each file's rows
+repeating an earlier key of the same store, and the matching merged file (one row per key, the
+last occurrence). Database: a fresh, migrated `crm_bench_*` database (`BENCH_DATABASE_URL`,
+`DATABASE_URL`, else the embedded PostgreSQL under the work dir; see bench_ingest.py).
+
+Measured, in this order, in one process:
+- ingest: `app.ingest.ingest_file` of the merged file into the empty table (the time the
+  measurement is compared with);
+- measure_raw (all store files, and again with 1% of the stores excluding 10 records each) and
+  measure_load (after the load committed), each `--repeat` times (min and median reported);
+- both at once on two connections (how the audit can run them on two cores);
+- the parse floor: COPY ... WHERE false of the same files (PostgreSQL's CSV parser alone,
+  storing nothing), i.e. what any server-parsed count must cost at least.
+"""
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_ingest import D1, HEADER, NAMES, NOTES, setup_database  # noqa: E402
+
+from app.config import MERGE_BUCKET_DB_SPECS  # noqa: E402
+
+BUCKET = "missed_leads"
+MERGED_HEADER = list(MERGE_BUCKET_DB_SPECS[BUCKET]["column_map"])
+
+
+def _row(rnd: random.Random, n: int, store: str, pickup: str) -> list[object]:
+    day = rnd.randint(1, 28)
+    mobile = f"9{rnd.randrange(10**9):09d}"
+    r = rnd.random()
+    if r < 0.05:
+        mobile = f"+91 {mobile[:5]}-{mobile[5:]}"
+    elif r < 0.08:
+        mobile = ""
+    return [
+        n,
+        mobile,
+        pickup,
+        f"2026-03-{day:02d}",
+        f"{rnd.randint(0, 23):02d}:{rnd.randint(0, 59):02d}:{rnd.randint(0, 59):02d}",
+        store,
+        f"Store {store}",
+        f"{day:02d}-03-2026",
+        f"{rnd.randint(1, 12)}:00 {'AM' if rnd.random() < 0.5 else 'PM'}",
+        NAMES[rnd.randrange(len(NAMES))],
+        NOTES[rnd.randrange(len(NOTES))],
+        "App",
+        "Walk-in" if rnd.random() < 0.3 else "App",
+        "New" if rnd.random() < 0.4 else "Repeat",
+        "1" if rnd.random() < 0.3 else "0",
+    ]
+
+
+def generate(folder: Path, rows: int, stores: int, seed: int = 11) -> tuple[dict[str, Path], Path]:
+    """The raw store files and the matching merged file (cached in `folder`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    codes = [f"S{i:03d}" for i in range(stores)]
+    sentinels = [f"E{i:03d}" for i in range(max(1, stores // 50))]
+    files = {c: folder / f"{c}-missed-leads.csv" for c in codes + sentinels}
+    merged = folder / "merged_missed_leads.csv"
+    if merged.exists() and all(p.exists() for p in files.values()):
+        return files, merged
+    rnd = random.Random(seed)
+    n = 0
+    with merged.open("w", encoding="utf-8", newline="") as mf:
+        merged_writer = csv.writer(mf, lineterminator="\n")
+        merged_writer.writerow(MERGED_HEADER)
+        for index, code in enumerate(codes):
+            share = rows // stores + (1 if index < rows % stores else 0)
+            winners: dict[str, list[object]] = {}
+            crlf, bom = index % 10 == 3, index % 7 == 5
+            with files[code].open("w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
+                writer = csv.writer(f, lineterminator="\r\n" if crlf else "\n")
+                writer.writerow(HEADER)
+                for i in range(share):
+                    n += 1
+                    if winners and rnd.random() < 0.05:
+                        pickup = rnd.choice(list(winners)[-200:])
+                    else:
+                        pickup = f"P{index:03d}{i:07d}"
+                    row = _row(rnd, n, code, pickup)
+                    writer.writerow(row)
+                    winners[pickup] = row
+            merged_writer.writerows(winners.values())
+    for code in sentinels:
+        files[code].write_bytes(b"No data available to export.")
+    return files, merged
+
+
+async def timed(fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = await fn()
+    return time.perf_counter() - started, result
+
+
+async def parse_floor(url: str, files: dict[str, Path], merged: Path) -> dict[str, float]:
+    """COPY ... WHERE false: the server's CSV parser over the same bytes, storing nothing."""
+    from app.db.engine import create_engine
+
+    engine = create_engine(url)
+    cols = ", ".join(f"c{i} text" for i in range(len(HEADER)))
+    out: dict[str, float] = {}
+    try:
+        async with engine.connect() as conn:
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            async with driver.transaction():
+                await driver.execute(f"CREATE TEMP TABLE floor ({cols}) ON COMMIT DROP")
+                for label, paths in (("raw", list(files.values())), ("merged", [merged])):
+                    started = time.perf_counter()
+                    for path in paths:
+                        if path.stat().st_size > 40:  # the sentinel has one column
+                            await driver.copy_to_table(
+                                "floor", source=path, format="csv", header=True, where="false"
+                            )
+                    out[label] = time.perf_counter() - started
+    finally:
+        await engine.dispose()
+    return out
+
+
+def _stats(seconds: list[float]) -> dict[str, float]:
+    return {"min_s": round(min(seconds), 3), "median_s": round(statistics.median(seconds), 3)}
+
+
+async def run(url: str, files: dict[str, Path], merged: Path, repeat: int) -> dict[str, Any]:
+    from app.db.engine import create_engine
+    from app.ingest import ingest_file
+    from app.measure import measure_load, measure_raw
+
+    engine = create_engine(url)
+    report: dict[str, Any] = {}
+    try:
+        seconds, result = await timed(
+            lambda: ingest_file(engine, BUCKET, D1, merged, run_id="bench")
+        )
+        report["ingest"] = {"seconds": round(seconds, 3), "rows_read": result.rows_read}
+        rnd = random.Random(3)
+        stores = [s for s in sorted(files) if s.startswith("S")]
+        share = result.rows_read // max(1, len(stores))
+        exclude = {s: set(rnd.sample(range(1, share), 10)) for s in stores[::100]}
+
+        async def raw(excluded: dict[str, set[int]] | None = None) -> Any:
+            async with engine.connect() as conn:
+                return await measure_raw(conn, BUCKET, files, excluded)
+
+        async def load() -> Any:
+            async with engine.connect() as conn:
+                return await measure_load(conn, BUCKET, merged, run_id="bench", run_date=D1)
+
+        for label, fn in (
+            ("measure_raw", lambda: raw()),
+            ("measure_raw_with_exclusions", lambda: raw(exclude)),
+            ("measure_load", load),
+        ):
+            runs = [await timed(fn) for _ in range(repeat)]
+            report[label] = _stats([s for s, _ in runs]) | {"result": _summary(runs[-1][1])}
+        both = [await timed(lambda: asyncio.gather(raw(), load())) for _ in range(repeat)]
+        report["both_concurrently"] = _stats([s for s, _ in both])
+    finally:
+        await engine.dispose()
+    return report
+
+
+def _summary(result: Any) -> dict[str, Any]:
+    keep = (
+        "total", "expected_unique", "keyless_rows", "excluded_rows", "merged_rows", "written",
+        "kept_newer", "missing_keys", "duplicate_keys_in_merged", "duration_ms",
+    )  # fmt: skip
+    out = {k: getattr(result, k) for k in keep if hasattr(result, k)}
+    out["errors"] = getattr(result, "errors", None) or getattr(result, "error", None)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--stores", type=int, default=500)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+
+    from app import json_logger
+
+    json_logger.configure(stream=open(os.devnull, "w"))  # noqa: SIM115
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crm-bench-measure-"))
+    started = time.perf_counter()
+    files, merged = generate(workdir / f"data_{args.rows}_{args.stores}", args.rows, args.stores)
+    size = sum(p.stat().st_size for p in files.values())
+    print(f"data: {len(files)} files, {size / 1e6:.1f} MB raw, {merged.stat().st_size / 1e6:.1f} "
+          f"MB merged ({time.perf_counter() - started:.1f}s)", flush=True)  # fmt: skip
+    url, drop = setup_database(workdir)
+    try:
+        report = asyncio.run(run(url, files, merged, args.repeat))
+        report["parse_floor_s"] = {
+            k: round(v, 3) for k, v in asyncio.run(parse_floor(url, files, merged)).items()
+        }
+    finally:
+        drop()
+    ingest = report["ingest"]["seconds"]
+    report["vs_ingest"] = {
+        "measure_raw": round(report["measure_raw"]["median_s"] / ingest, 3),
+        "measure_load": round(report["measure_load"]["median_s"] / ingest, 3),
+        "raw + load (sequential)": round(
+            (report["measure_raw"]["median_s"] + report["measure_load"]["median_s"]) / ingest, 3
+        ),
+        "raw + load (concurrently)": round(report["both_concurrently"]["median_s"] / ingest, 3),
+        "parse floor (raw + merged)": round(sum(report["parse_floor_s"].values()) / ingest, 3),
+    }
+    report["rows"], report["stores"], report["cpus"] = args.rows, len(files), os.cpu_count()
+    print(json.dumps({"summary": report}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
