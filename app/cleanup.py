@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.models import PipelineAudit
 from app.json_logger import log_event
-from app.run_lock import DEFAULT_WAIT_S, hold_run_date
+from app.run_lock import DEFAULT_WAIT_S, hold_run_date_async
 
 TRASH_DIR = ".trash"
 JOURNAL = "journal.json"
@@ -279,7 +279,9 @@ async def cleanup_audit(
     if audit.status != PASSED:
         result = _kept(audit_id, audit)
     else:
-        with hold_run_date(engine.url, audit.run_date, run_id, source="cleanup", wait_s=wait_s):
+        async with hold_run_date_async(
+            engine.url, audit.run_date, run_id, source="cleanup", wait_s=wait_s
+        ):
             fresh = await get_audit(engine, audit_id)
             if fresh is not None and fresh.cleanup_status is not None:
                 return CleanupResult(

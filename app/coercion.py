@@ -50,7 +50,7 @@ DATE_FORMATS: tuple[str, ...] = (
 )
 _ISO_DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 # Forms that rarely repeat (a timestamp per row), so memoising cannot save their strptime loop.
-_ISO_DT_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})$")
+_ISO_DT_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2}) (\d{1,2}):(\d{1,2}):(\d{1,2})$")
 _DMY_RE = re.compile(r"^(\d{2})([-/])(\d{2})\2(\d{4})$")
 _DMY_TEXT_TIME_RE = re.compile(
     r"^(\d{1,2}) ([A-Za-z]{3}) (\d{4}) (\d{1,2}):(\d{2}):(\d{2}) ([AaPp][Mm])$"

@@ -3,6 +3,11 @@
 Shared by the downloader (row counts, body checks), the merger and the ingester, so that all of
 them agree on what a record is: a quoted field with a newline is one record, and the portal's
 `No data available to export.` sentinel is an empty report with zero records and no header.
+
+This is the *lenient* reader: it trusts Python's csv module, which is right for files the
+platform wrote itself (the merged file) and as an independent second count. Raw portal files
+are judged by the strict reader, `app.report_check` (encoding, ragged rows, runaway quotes,
+footers, other stores); in a well-formed file both count exactly the same records.
 """
 
 import csv

@@ -7,7 +7,7 @@ How a file is loaded, and why:
   one warning each and are skipped; a missing dedupe-key column fails the bucket before anything
   is written (`IngestError` names it); a missing non-key column loads as NULL, with a warning.
 - Every row is validated with the bucket's row model rules (`app.row_models` = `app.coercion`):
-  the hot loop calls the same `coerce_value` per column, memoised (`_RowCoercer` says why), and
+  the hot loop calls the same `coerce_value` per column, memoised (`app.row_check` says why), and
   a row that fails is re-validated by the Pydantic model, whose message is the reject reason.
   A rejected row (bad date, amount, missing key...) goes to `ingest_rejects` with file, line
   number, raw values and the reason; it is never dropped.
@@ -53,8 +53,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import decimal
-import functools
-import operator
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -81,14 +79,14 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
-from app.coercion import CoercionError, coerce_value
-from app.config import MERGE_BUCKET_DB_SPECS, CoerceKind
+from app.coercion import CoercionError
+from app.config import MERGE_BUCKET_DB_SPECS
 from app.csv_io import open_records
 from app.db.models import IngestReject, bucket_table
 from app.json_logger import log_event
 from app.merger import map_header
 from app.rejects import BAD_VALUE
-from app.row_models import row_model, validate_row
+from app.row_check import RowCoercer
 
 SAMPLE_ROWS = 5
 DEFAULT_BATCH_SIZE = 3000
@@ -190,93 +188,6 @@ def _raw_row(plan: _Plan, record: Sequence[str]) -> dict[str, Any]:
     return raw
 
 
-class _RowCoercer:
-    """The row model's rules, compiled for the hot loop; `validate_row` stays the referee.
-
-    The Pydantic row model of a bucket is `coerce_value(column, kind, raw, is_key)` per field
-    (its BeforeValidators) plus a type check those values always pass. Calling the model per row
-    costs ~10 us before any rule runs, and `to_date` tries format after format for day-first
-    dates (~20 us), which made Python, not the database, the bottleneck. So the loop calls the
-    very same `coerce_value` per column, memoised per column in a bounded dict (a month-to-date
-    export repeats its dates, flags, stores and sources endlessly). Any row where a rule raises
-    is re-validated by the Pydantic model itself, whose complete message becomes the reject
-    reason. `tests/test_ingest.py` pins compiled == model on every coercion case.
-    `validation="model"` runs the Pydantic model on every row instead (slower, same result).
-    """
-
-    CACHE_LIMIT = 50_000  # per column; cleared when full, so memory stays flat
-
-    def __init__(self, bucket: str, plan: "_Plan", validation: str) -> None:
-        spec = MERGE_BUCKET_DB_SPECS[bucket]
-        keys = set(spec["dedupe_keys"])
-        self.bucket = bucket
-        self.model = validation == "model"
-        self.validator = row_model(bucket).__pydantic_validator__
-        self.fields = [
-            (c, spec["coerce"][c], p, c in keys)
-            for c, p in zip(plan.columns, plan.positions, strict=True)
-        ]
-        self.caches = [_Memo(c, kind, is_key) for c, kind, _, is_key in self.fields]
-        # Missing columns read one None cell appended after the header's width.
-        self.width = len(plan.header)
-        self.pad = any(p is None for _, _, p, _ in self.fields)
-        slots = [self.width if p is None else p for _, _, p, _ in self.fields]
-        self.pick = operator.itemgetter(*slots)
-        self.calls: list[Any] = [memo.__getitem__ for memo in self.caches]
-        self.rows = 0
-
-    def tune(self) -> None:
-        """After a batch, call columns that rarely repeat (ids, keys) directly, not memoised."""
-        if self.rows < 1000:
-            return
-        for index, memo in enumerate(self.caches):
-            if memo.misses > self.rows // 2:
-                self.calls[index] = functools.partial(
-                    coerce_value, memo.column, memo.kind, is_key=memo.is_key
-                )
-                memo.clear()
-
-    def raw(self, record: Sequence[str | None]) -> dict[str, str | None]:
-        width = len(record)
-        return {
-            c: (record[p] if p < width else None) for c, _, p, _ in self.fields if p is not None
-        }
-
-    def __call__(self, record: Sequence[str | None]) -> tuple[Any, ...]:
-        """Coerced values in `plan.columns` order; CoercionError with the model's reason."""
-        if len(record) != self.width:
-            record = ([*record] + [None] * self.width)[: self.width]
-        if self.model:
-            try:
-                return tuple(self.validator.validate_python(self.raw(record)).__dict__.values())
-            except Exception:
-                validate_row(self.bucket, self.raw(record))
-                raise CoercionError("row failed validation") from None
-        try:
-            raws = self.pick([*record, None] if self.pad else record)
-            return tuple(map(operator.call, self.calls, raws))
-        except CoercionError:
-            validate_row(self.bucket, self.raw(record))  # raises with every reason of the row
-            raise  # pragma: no cover - the model and the rules never disagree
-
-
-class _Memo(dict[str | None, Any]):
-    """`coerce_value` for one column, memoised; bounded, so memory stays flat on any file."""
-
-    def __init__(self, column: str, kind: CoerceKind, is_key: bool) -> None:
-        super().__init__()
-        self.column, self.kind, self.is_key = column, kind, is_key
-        self.misses = 0
-
-    def __missing__(self, raw: str | None) -> Any:
-        self.misses += 1
-        value = coerce_value(self.column, self.kind, raw, is_key=self.is_key)
-        if len(self) >= _RowCoercer.CACHE_LIMIT:
-            self.clear()
-        self[raw] = value
-        return value
-
-
 def _batches(
     bucket: str,
     path: Path,
@@ -286,7 +197,7 @@ def _batches(
     validation: str = "compiled",
 ) -> Iterator[_Batch]:
     """Parse and validate the file, one batch at a time (runs in a worker thread)."""
-    coerce = _RowCoercer(bucket, plan, validation)
+    coerce = RowCoercer(bucket, plan.positions, len(plan.header), validation)
     slots = plan.key_slots
     samples_left = want_samples
     with open_records(path) as (_header, records):
@@ -296,7 +207,6 @@ def _batches(
         samples: list[dict[str, Any]] = []
         for line, record in records:
             rows += 1
-            coerce.rows += 1
             try:
                 values = coerce(record)
             except CoercionError as exc:

@@ -64,7 +64,14 @@ from app.config import MERGE_BUCKET_DB_SPECS, merged_name, validate_store_code
 from app.csv_io import count_records
 from app.json_logger import log_event
 from app.rejects import Reject, counts_by_code, split_counts
-from app.report_check import HeaderMap, ReportProblem, header_lookup, map_header, read_report
+from app.report_check import (
+    CoercerPool,
+    HeaderMap,
+    ReportProblem,
+    header_lookup,
+    map_header,
+    read_report,
+)
 
 __all__ = [
     "HeaderMap",
@@ -198,12 +205,13 @@ def _scan(
     source: _Source,
     key_of: Callable[[Sequence[Any]], tuple[Any, ...]],
     prefer: _Preference,
+    coercers: CoercerPool,
 ) -> dict[tuple[Any, ...], _Winner]:
     """Pass 1 over one store file: its winners per key (raises ReportProblem / OSError)."""
     winners: dict[tuple[Any, ...], _Winner] = {}
     pick, later_wins, index = prefer.picker(), prefer.later_wins, source.index
     rows = valid = 0
-    with read_report(bucket, source.store_code, source.path) as report:
+    with read_report(bucket, source.store_code, source.path, coercers=coercers) as report:
         source.header = report.header
         for _line, record_no, _cells, reject, values in report.records:
             rows += 1
@@ -318,12 +326,13 @@ def _pass_one(
 ) -> tuple[dict[tuple[Any, ...], _Winner], list[_Source], dict[str, str]]:
     """Scan every store; (winners, merged sources, failed store -> reason)."""
     key_of, prefer = _key_getter(bucket), _Preference.for_bucket(bucket)
+    coercers: CoercerPool = {}  # one memoised coercer per header layout, shared by the stores
     winners: dict[tuple[Any, ...], _Winner] = {}
     merged: list[_Source] = []
     failed: dict[str, str] = {}
     for source in sources:
         try:
-            store_winners = _scan(bucket, source, key_of, prefer)
+            store_winners = _scan(bucket, source, key_of, prefer, coercers)
         except (ReportProblem, OSError) as exc:
             kind: str = exc.problem.kind if isinstance(exc, ReportProblem) else "unreadable"
             reason = exc.problem.reason if isinstance(exc, ReportProblem) else f"{exc}"

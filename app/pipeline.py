@@ -5,9 +5,11 @@ turn its result into materialization metadata. Everything that decides something
 files to use for a past date, what counts as a failure) lives here, testable without Dagster.
 """
 
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
+import shutil
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -15,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.config import FILE_SPECS, file_specs_for_bucket, validate_store_code
+from app.config import (
+    FILE_SPECS,
+    MERGED_NAMES,
+    file_specs_for_bucket,
+    merged_name,
+    validate_store_code,
+)
 from app.csv_io import count_records
 from app.downloader import DownloadReport, PortalCredentials, download_reports
 from app.downloader.core import BucketDownload
@@ -145,7 +153,27 @@ def take_kept_files(
             path.replace(target)  # same filesystem: atomic; the file now belongs to this run
             taken[store] = str(path)
         files[store], origin[store] = target, kind
+    prune_taken_folders(ctx, {Path(p).parent for p in taken.values()})
     return files, origin, taken
+
+
+def prune_taken_folders(ctx: RunContext, folders: Collection[Path]) -> None:
+    """An earlier run's folder left with no raw report only holds what was derived from them
+    (its merged files, its step results): remove those and the folder. The caller holds the
+    date, so that run is not running."""
+    raw_names = {spec["out_name_template"].split("{sc}")[-1] for spec in FILE_SPECS.values()}
+    merged = {merged_name(bucket, ctx.run_date) for bucket in MERGED_NAMES}
+    for folder in folders:
+        if folder == ctx.date_dir or folder.parent != ctx.date_dir or not folder.is_dir():
+            continue
+        names = {p.name for p in folder.iterdir() if p.is_file()}
+        if any(n.endswith(tuple(raw_names)) for n in names - merged):
+            continue
+        for name in names & merged:
+            (folder / name).unlink(missing_ok=True)
+        shutil.rmtree(folder / ".steps", ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 async def acquire_raw_files(

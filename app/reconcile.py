@@ -4,6 +4,7 @@ Called after the load committed (see `app.audit` for what is measured from where
 failed earlier still leaves an audit row saying why (`record_failure`), and every file is kept.
 """
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.audit import FAILED, AuditRecord, Counts, build_manifest, evaluate, save_audit
 from app.ingest import IngestResult
 from app.json_logger import log_event
-from app.measure import measure_load, measure_raw
+from app.measure import LoadMeasure, RawMeasure, measure_load, measure_raw
 from app.merger import MergeResult
 from app.pipeline import RawFiles
 from app.reject_store import first_rejects, reject_counts, rejected_records
@@ -27,13 +28,22 @@ async def measure_counts(
     files = {store: Path(path) for store, path in merge.merged_stores.items()}
     async with engine.connect() as conn:
         exclude = await rejected_records(conn, ctx.run_id, bucket, ctx.run_date)
-        raw = await measure_raw(conn, bucket, files, exclude)
-        await conn.commit()
-        load = await measure_load(
-            conn, bucket, merge.path, run_id=ctx.run_id, run_date=ctx.run_date
-        )
-        await conn.commit()
         quarantined, blocking = await reject_counts(conn, ctx.run_id, bucket, ctx.run_date)
+        await conn.commit()
+
+    async def _raw() -> RawMeasure:
+        async with engine.connect() as conn:
+            return await measure_raw(conn, bucket, files, exclude)
+
+    async def _load() -> LoadMeasure:
+        async with engine.connect() as conn:
+            return await measure_load(
+                conn, bucket, merge.path, run_id=ctx.run_id, run_date=ctx.run_date
+            )
+
+    # Two sessions at once: the raw files and the merged file are parsed by the server in
+    # parallel (the two measures are independent), which roughly halves the audit's time.
+    raw, load = await asyncio.gather(_raw(), _load())
     errors = dict(raw.errors)
     if load.error:
         errors["merged file"] = load.error

@@ -19,10 +19,11 @@ contributes nothing):
   `MAX_LINE_CHARS` and never held in several copies) would otherwise count as a report with zero
   records.
 - `other_store`: the session had another store selected, so the file holds another store's
-  records. Any well-formed, non-footer record whose trimmed `store_code` cell is non-blank and
-  differs case-insensitively from the store asked for fails the whole file (the downloader
-  reselects the store and fetches again). Ragged / runaway records are not consulted: their
-  cells are shifted, so their "store" proves nothing.
+  records. Any well-formed, non-footer record whose trimmed `store_code` cell is non-blank (and
+  not a null token such as `N/A`, which is a missing key) and differs case-insensitively from
+  the store asked for fails the whole file (the downloader reselects the store and fetches
+  again). Ragged / runaway records are not consulted: their cells are shifted, so their
+  "store" proves nothing (they are rejected anyway).
 
 Record level (`Reject`, one per record; `blocking = is_blocking(bucket, code)`):
 - `ragged`: a field count that differs from the header's. An unquoted comma in free text shifts
@@ -57,6 +58,7 @@ Memory: the file is streamed line by line; a physical line is never read beyond
 
 import codecs
 import csv
+import functools
 import io
 import operator
 from collections.abc import Callable, Iterator, Sequence
@@ -108,6 +110,12 @@ def header_lookup(bucket: str) -> dict[str, str]:
     DB column names are accepted too so that a file written with them (e.g. `pickup_row_id`)
     reads the same; a CSV name always wins over another column's DB name.
     """
+    return dict(_header_lookup(bucket))
+
+
+@functools.cache
+def _header_lookup(bucket: str) -> dict[str, str]:
+    """`header_lookup`, built once per bucket (hundreds of store files share it); read-only."""
     spec = MERGE_BUCKET_DB_SPECS[bucket]
     lookup: dict[str, str] = {}
     for csv_name, db_name in spec["column_map"].items():
@@ -121,7 +129,7 @@ def header_lookup(bucket: str) -> dict[str, str]:
 
 def map_header(bucket: str, header: Sequence[str]) -> HeaderMap:
     """Resolve a file's header by name, never by position (shared with the ingester)."""
-    lookup = header_lookup(bucket)
+    lookup = _header_lookup(bucket)
     positions: dict[str, int] = {}
     mapping: dict[str, str] = {}
     unknown: list[str] = []
@@ -140,6 +148,9 @@ def map_header(bucket: str, header: Sequence[str]) -> HeaderMap:
 
 
 # ----------------------------------------------------------------------------- public types
+
+# (bucket, positions, width, validation) -> the RowCoercer for files of that header layout.
+CoercerPool = dict[tuple[str, tuple[int | None, ...], int, str], RowCoercer]
 
 
 class ReportProblem(Exception):
@@ -294,7 +305,11 @@ def _sniff(path: Path, fh: IO[bytes], size: int) -> tuple[bool, bool]:
     if size <= SNIFF_BYTES and is_sentinel_bytes(head):
         return True, False
     if what := _binary_kind(head):
-        raise _problem("undecodable", f"{path.name} is not a UTF-8 CSV: it looks like {what}")
+        found = first_invalid_utf8(path)
+        where = f"; first invalid byte at byte offset {found[0]}" if found else ""
+        raise _problem(
+            "undecodable", f"{path.name} is not a UTF-8 CSV: it looks like {what}{where}"
+        )
     html = looks_like_html(head)
     if html and head.lstrip(b"\xef\xbb\xbf").lstrip().startswith(b"<"):
         raise _html(path)
@@ -381,6 +396,7 @@ class _Reader:
         reader: Any,
         check_values: bool,
         validation: Validation | str,
+        coercers: CoercerPool | None,
     ) -> None:
         spec = MERGE_BUCKET_DB_SPECS[report.bucket]
         assert report.header is not None
@@ -400,16 +416,16 @@ class _Reader:
         store_csv = to_csv.get("store_code")
         self.store_pos = hmap.positions.get(store_csv) if store_csv else None
         self.store_cf = report.store_code.casefold()
-        self.coerce = (
-            RowCoercer(
-                report.bucket,
-                [hmap.positions.get(to_csv[c]) for c in spec["coerce"]],
-                hmap.width,
-                validation,
-            )
-            if check_values
-            else None
-        )
+        self.coerce: RowCoercer | None = None
+        if check_values:
+            positions = tuple(hmap.positions.get(to_csv[c]) for c in spec["coerce"])
+            shape = (report.bucket, positions, hmap.width, validation)
+            if (coerce := coercers.get(shape) if coercers is not None else None) is None:
+                coerce = RowCoercer(report.bucket, positions, hmap.width, validation)
+                if coercers is not None:
+                    coercers[shape] = coerce
+            coerce.tune()  # a shared coercer learns across files, not only every 5000 records
+            self.coerce = coerce
         self.blocking = {code: is_blocking(report.bucket, code) for code in _CODES}
 
     def records(self) -> Iterator[ReportRecord]:
@@ -478,7 +494,10 @@ class _Reader:
 
     def _endless_field(self, start: int, record_no: int, exc: csv.Error) -> ReportRecord:
         text = raw_text(self.source.lines)
-        self.source.drain()
+        try:
+            self.source.drain()
+        except UnicodeDecodeError:
+            raise ReportProblem(undecodable_problem(self.report.path)) from None
         reason = (
             f"a quoted field opened in the record on line {start} never closes within "
             f"{csv.field_size_limit()} characters ({exc}); the rest of {self.name} "
@@ -519,13 +538,13 @@ class _Reader:
         for i in self.key_pos:
             cells[i] = cells[i].strip()
         if (pos := self.store_pos) is not None and (found := cells[pos]) != self.store:
-            if found and found.casefold() != self.store_cf:
+            if found and found.casefold() != self.store_cf and not is_null(found):
                 raise _problem(
                     "other_store",
                     f"{self.name} line {start} holds a record of store {found!r}, not of store "
                     f"{self.store!r} that was asked for",
                 )
-            if found:
+            if found.casefold() == self.store_cf:
                 cells[pos] = self.store
         if self.coerce is None:
             return _new_record(ReportRecord, (start, record_no, cells, None, None))
@@ -599,7 +618,7 @@ def _not_a_report(path: Path, reason: str, html: bool) -> ReportProblem:
 
 def _read_header(
     bucket: str, path: Path, source: _LineSource, reader: Any, html: bool
-) -> list[str]:
+) -> tuple[list[str], HeaderMap]:
     """The first record, which must be a header naming every dedupe key of the bucket."""
     try:
         header: list[str] = next(reader)
@@ -614,7 +633,8 @@ def _read_header(
     first = raw_text(source.lines).strip()[:120]
     spec = MERGE_BUCKET_DB_SPECS[bucket]
     to_csv = {db: csv_name for csv_name, db in spec["column_map"].items()}
-    positions = map_header(bucket, header).positions
+    hmap = map_header(bucket, header)
+    positions = hmap.positions
     if lost := [to_csv[k] for k in spec["dedupe_keys"] if to_csv[k] not in positions]:
         raise _not_a_report(
             path,
@@ -624,7 +644,7 @@ def _read_header(
         )
     if source.eof:
         raise _problem("not_a_report", f"{path.name}: a quote in the header never closes")
-    return header
+    return header, hmap
 
 
 @contextmanager
@@ -635,13 +655,16 @@ def read_report(
     *,
     check_values: bool = True,
     validation: Validation | str = "compiled",
+    coercers: CoercerPool | None = None,
 ) -> Iterator[Report]:
     """Open one store's report for strict reading (see the module docstring for every rule).
 
     Raises `ReportProblem` on entry for a problem visible before the records (undecodable head,
     HTML, blank, not a report) and from the iterator for one found later. `check_values=False`
     skips the row model (structure, canonical keys and the store check still apply): for a
-    second pass over a file already checked, or for `check_file`.
+    second pass over a file already checked, or for `check_file`. `coercers` (a dict the caller
+    keeps, e.g. one per merge) shares one `RowCoercer` between files of the same header layout,
+    so its memo stays warm across hundreds of small store files.
     """
     validate_store_code(store_code)
     path = Path(path)
@@ -654,15 +677,12 @@ def read_report(
         text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="strict", newline="")
         source = _LineSource(text.readline)
         reader = csv.reader(source)
-        header = _read_header(bucket, path, source, reader, html)
-        report = Report(
-            bucket,
-            store_code,
-            path,
-            map_header(bucket, header),
-            [h.replace("\ufeff", "").strip() for h in header],
-        )
-        report.records = _Reader(report, source, reader, check_values, validation).records()
+        header, hmap = _read_header(bucket, path, source, reader, html)
+        cells = [h.replace("\ufeff", "").strip() for h in header]
+        report = Report(bucket, store_code, path, hmap, cells)
+        report.records = _Reader(
+            report, source, reader, check_values, validation, coercers
+        ).records()
         try:
             yield report
         finally:

@@ -16,11 +16,12 @@ run id: `python -m app run` takes it before it executes the graph in-process and
 its inline cleanup, and the graph's own lock resource then finds it already held by its caller.
 """
 
+import asyncio
 import contextlib
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,3 +168,24 @@ def hold_run_date(
             _HELD.pop(run_date, None)
         with contextlib.suppress(Exception):
             conn.close()  # closing the session releases the lock
+
+
+@contextlib.asynccontextmanager
+async def hold_run_date_async(
+    url: URL | str,
+    run_date: dt.date,
+    run_id: str,
+    *,
+    source: str,
+    wait_s: float = DEFAULT_WAIT_S,
+) -> AsyncIterator[None]:
+    """`hold_run_date` for async code: the waiting happens in a thread, not on the event loop."""
+    held = hold_run_date(url, run_date, run_id, source=source, wait_s=wait_s)
+    await asyncio.to_thread(held.__enter__)
+    try:
+        yield
+    except BaseException as exc:
+        if not held.__exit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        held.__exit__(None, None, None)

@@ -25,7 +25,7 @@ from sqlalchemy.engine import URL
 
 from app import json_logger
 from app.cleanup import cleanup_audit
-from app.db.engine import create_engine
+from app.db.engine import create_engine, resolve_database_url
 from app.db.models import PipelineAudit
 from app.run_lock import is_held
 from app.settings import load_settings
@@ -151,7 +151,6 @@ def cleanup_requests(instance: dg.DagsterInstance, url: URL) -> list[dg.RunReque
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Deletes a bucket's CSVs for a date once its audit check passed.",
 )
-def cleanup_on_passed_audit(
-    context: dg.SensorEvaluationContext, db: DatabaseResource
-) -> dg.SensorResult:
-    return dg.SensorResult(run_requests=cleanup_requests(context.instance, db.url()))
+def cleanup_on_passed_audit(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    url = resolve_database_url(load_settings())  # the same database the runs write
+    return dg.SensorResult(run_requests=cleanup_requests(context.instance, url))

@@ -128,6 +128,8 @@ def build_download_asset(buckets: Sequence[str]) -> dg.AssetsDefinition:
     ):
         ctx = run_context(context, data_dir.root())
         selected = [b for b in buckets if key(b, RAW) in context.selected_asset_keys]
+        # An async generator resumes in a fresh context at every yield: set the log's run id
+        # around the awaited work only, never across a yield.
         with json_logger.run_context(ctx.run_id):
             raw = await _acquire(ctx, selected, db, portal, store_scope)
             for bucket, files in raw.items():
@@ -135,7 +137,8 @@ def build_download_asset(buckets: Sequence[str]) -> dg.AssetsDefinition:
                 if files.error:
                     context.log.error(files.error)
                     await record_failure(db.engine, ctx, bucket, files.error, raw=files)
-                    continue
+        for bucket, files in raw.items():
+            if not files.error:
                 yield dg.MaterializeResult(asset_key=key(bucket, RAW), metadata=raw_metadata(files))
         if all(files.error for files in raw.values()):
             raise dg.Failure("; ".join(f.error or "" for f in raw.values()))

@@ -37,6 +37,10 @@ def graph_env(monkeypatch: pytest.MonkeyPatch, database_url: URL, tmp_path: Path
     for var in ("TMS_WEB", "TMS_BASE", "TMS_USERNAME", "TMS_PASSWORD"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr("app.runner._today", lambda settings: TODAY)
+    # The portal's clock follows the test's "today" (the downloader stops at midnight).
+    import app.runner
+
+    monkeypatch.setattr("app.downloader.core.franchise_today", lambda: app.runner._today(None))
     return data_dir
 
 

@@ -1,5 +1,6 @@
 """Audit verdicts and the all-or-nothing cleanup, end to end on portal-shaped files."""
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -353,3 +354,57 @@ def test_partial_state_is_refused(data_dir: Path) -> None:
     result = cleanup_manifest(manifest, data_dir)
     assert result.status == "refused" and "partial" in (result.reason or "")
     assert a.exists()
+
+
+async def test_a_cleanup_never_undoes_another_cleanup_in_flight(
+    engine: AsyncEngine, data_dir: Path
+) -> None:
+    """Issue 9, point 7: recovery used to roll back every journal marked "moving"."""
+    import threading
+
+    from app.run_lock import hold_run_date
+
+    first, first_files = await run_bucket(engine, data_dir, {"A1": [missed_row("A1", "P1")]})
+    second = await run_chain(
+        engine,
+        data_dir,
+        {
+            "B1": write_csv(
+                run_dir(data_dir, D, "r2") / "B1-missed-leads.csv",
+                MISSED_HEADER,
+                [missed_row("B1", "Q1")],
+            )
+        },
+        run_date=D,
+        run_id="r2",
+    )
+    # The first cleanup is in flight: it holds the date and has moved one file into its trash.
+    trash = data_dir / TRASH_DIR / D.isoformat() / "audit1-inflight"
+    trash.mkdir(parents=True)
+    moves = [(str(first_files[0]), str(trash / f"0000-{first_files[0].name}"))]
+    (trash / "journal.json").write_text(json.dumps({"state": "moving", "moves": moves}))
+    os.rename(*moves[0])
+    held, release = threading.Event(), threading.Event()
+
+    def in_flight() -> None:
+        with hold_run_date(engine.url, D, "cleanup-one", source="cleanup"):
+            held.set()
+            release.wait(30)
+            (trash / "journal.json").write_text(json.dumps({"state": "committed", "moves": moves}))
+
+    thread = threading.Thread(target=in_flight)
+    thread.start()
+    held.wait(30)
+    task = asyncio.ensure_future(
+        cleanup_audit(engine, second.audit.id, data_dir, run_id="cleanup-two", wait_s=30)  # type: ignore[arg-type]
+    )
+    await asyncio.sleep(1.0)
+    assert not task.done()  # the second cleanup of the date waits for the first
+    assert not first_files[0].exists()  # and has not rolled the first one back
+    release.set()
+    result = await task
+    thread.join(30)
+    assert result.status == "deleted"
+    assert not first_files[0].exists()  # the first cleanup's commit was rolled forward
+    assert not any(p.exists() for p in second.files)
+    assert first.status == "passed"

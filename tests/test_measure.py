@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import measure
 from app.coercion import CoercionError, key_value
 from app.config import MERGE_BUCKET_DB_SPECS, CoerceKind
 from app.ingest import ingest_file
@@ -206,6 +207,25 @@ async def test_raw_counts_equal_true_records(engine: AsyncEngine, data_dir: Path
     assert (m.keyless_rows, m.excluded_rows) == (0, 0) and m.duration_ms > 0
 
 
+async def test_large_files_are_streamed_in_chunks(
+    engine: AsyncEngine, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Payloads above _INLINE go in chunks; BOM and trailing blank lines handled the same way."""
+    monkeypatch.setattr(measure, "_INLINE", 10)
+    monkeypatch.setattr(measure, "_CHUNK", 7)  # chunk borders inside quotes and CRLFs
+    rows = [missed_row("A1", f"P{i}", special_instruction="a,\r\nb") for i in range(40)]
+    path = write_csv(data_dir / "a1.csv", MISSED_HEADER, rows, crlf=True, bom=True)
+    path.write_bytes(path.read_bytes() + b"\r\n\r\n")
+    m = await raw(engine, "missed_leads", {"A1": path})
+    assert (m.errors, m.by_store, m.expected_unique) == ({}, {"A1": 40}, 40)
+
+
+async def test_exclude_ordinals_are_validated(engine: AsyncEngine, data_dir: Path) -> None:
+    path = leads(data_dir / "a.csv", [("A1", "P1")])
+    with pytest.raises(ValueError, match="1-based"):
+        await raw(engine, "missed_leads", {"A1": path}, exclude={"A1": [0]})
+
+
 async def test_raw_ragged_record_reports_line_and_fallback_count(
     engine: AsyncEngine, data_dir: Path
 ) -> None:
@@ -240,11 +260,13 @@ async def test_raw_unparseable_files_have_no_count(engine: AsyncEngine, data_dir
     for store, body in bad.items():
         files[store] = data_dir / f"{store}.csv"
         files[store].write_bytes(body)
+    files["M4"] = data_dir / "vanished.csv"
     m = await raw(engine, "missed_leads", files)
     assert "unterminated CSV quoted field" in m.errors["Q1"]
+    assert "FileNotFoundError" in m.errors["M4"]
     assert "invalid byte sequence" in m.errors["U2"] and "line 2" in m.errors["U2"]
     assert "0x00" in m.errors["N3"]
-    assert m.by_store == {"Q1": None, "U2": None, "N3": None}
+    assert m.by_store == {"Q1": None, "U2": None, "N3": None, "M4": None}
     assert m.total is None and m.expected_unique is None
 
 

@@ -347,21 +347,22 @@ def test_first_invalid_byte_is_found_across_chunk_boundaries(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(
-    ("body", "looks_like"),
+    ("body", "looks_like", "offset"),
     [
-        (b"\xff\xfe" + ",".join(MISSED_HEADER).encode("utf-16-le"), "UTF-16"),
-        ("\n".join(MISSED_HEADER).encode("utf-16-le"), "NUL bytes"),
-        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "PDF"),
-        (b"PK\x03\x04\x14\x00\x06\x00" + bytes(200), "ZIP"),
+        (b"\xff\xfe" + ",".join(MISSED_HEADER).encode("utf-16-le"), "UTF-16", "offset 0"),
+        ("\n".join(MISSED_HEADER).encode("utf-16-le"), "NUL bytes", ""),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "PDF", "offset 10"),
+        (b"PK\x03\x04\x14\x00\x06\x00" + bytes(200) + b"\x9c", "ZIP", "offset 208"),
     ],
 )
 def test_binary_files_are_undecodable_and_say_what_they_look_like(
-    data_dir: Path, body: bytes, looks_like: str
+    data_dir: Path, body: bytes, looks_like: str, offset: str
 ) -> None:
     path = missed_file(data_dir, "A1", body)
     problem = check_file("missed_leads", "A1", path)
     assert problem is not None and problem.kind == "undecodable"
     assert looks_like in problem.reason and path.name in problem.reason
+    assert offset in problem.reason
 
 
 def test_whitespace_only_is_blank_but_empty_and_sentinel_are_valid_empty(data_dir: Path) -> None:
@@ -411,6 +412,16 @@ def test_login_page_is_html(data_dir: Path) -> None:
     path = missed_file(data_dir, "A1", page + "<body>You need to be logged in</body></html>")
     problem = check_file("missed_leads", "A1", path)
     assert problem is not None and problem.kind == "html" and problem.retry == "refetch"
+    path = missed_file(data_dir, "A1", "\n  You need to be logged in to view this page!\n")
+    problem = check_file("missed_leads", "A1", path)
+    assert problem is not None and problem.kind == "html"
+
+
+def test_a_csv_whose_free_text_mentions_html_is_still_a_csv(data_dir: Path) -> None:
+    rows = [missed_row("A1", "P1", special_instruction="pasted <html> from the app")]
+    path = write_csv(store_file(data_dir, D, "missed_leads", "A1"), MISSED_HEADER, rows)
+    assert check_file("missed_leads", "A1", path) is None
+    assert rejects_of(read_all("missed_leads", "A1", path)) == []
 
 
 def test_another_stores_rows_fail_the_file(data_dir: Path) -> None:
@@ -419,11 +430,11 @@ def test_another_stores_rows_fail_the_file(data_dir: Path) -> None:
     problem = check_file("missed_leads", "A1", path)
     assert problem is not None and problem.kind == "other_store" and problem.retry == "reselect"
     assert "'B7'" in problem.reason and "'A1'" in problem.reason and "line 3" in problem.reason
-    # a blank store cell is a missing key of that record, not another store
-    rows = [missed_row("A1", "P1"), missed_row("", "P2")]
+    # a blank (or null-token) store cell is a missing key of that record, not another store
+    rows = [missed_row("A1", "P1"), missed_row("", "P2"), missed_row("N/A", "P3")]
     path = write_csv(store_file(data_dir, D, "missed_leads", "A1"), MISSED_HEADER, rows)
     assert check_file("missed_leads", "A1", path) is None
-    assert [r.code for r in rejects_of(read_all("missed_leads", "A1", path))] == [MISSING_KEY]
+    assert [r.code for r in rejects_of(read_all("missed_leads", "A1", path))] == [MISSING_KEY] * 2
 
 
 def test_check_file_agrees_with_the_simulators_damaged_bodies(data_dir: Path) -> None:

@@ -33,6 +33,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
+from app.coercion import AMOUNT_PRECISION, AMOUNT_SCALE
 from app.config import MERGE_BUCKET_DB_SPECS
 
 NAMING_CONVENTION = {
@@ -48,7 +49,7 @@ SQL_TYPES: dict[str, type[TypeEngine[Any]] | TypeEngine[Any]] = {
     "int": BigInteger(),
     "str": Text(),
     "date": Date(),
-    "float": Numeric(14, 2),
+    "float": Numeric(AMOUNT_PRECISION, AMOUNT_SCALE),
     "bool": Boolean(),
 }
 
