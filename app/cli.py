@@ -217,7 +217,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from app.runner import run_demo
+    from app.local import run_demo
 
     return run_demo(settings)
 
@@ -230,7 +230,7 @@ def cmd_portal_sim(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
-    from app.runner import run_ui
+    from app.local import run_ui
 
     return run_ui(settings, host=args.host, port=args.port)
 

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
@@ -196,6 +195,8 @@ def _run(
     )
     if not dry_run:
         _cleanup_passed(outcome, url, ctx)
+    from app.run_summary import report
+
     report(outcome)
     if outcome.login_error:
         json_logger.log_event(
@@ -422,125 +423,3 @@ def _cleanup_passed(outcome: RunOutcome, url: Any, ctx: RunContext) -> None:
             await engine.dispose()
 
     asyncio.run(_run())
-
-
-def report(outcome: RunOutcome) -> None:
-    """A table for a person at a terminal; one JSON summary event per bucket otherwise."""
-    for summary in outcome.buckets.values():
-        json_logger.log_event(
-            "run",
-            f"{summary.bucket}: audit {summary.audit}, cleanup {summary.cleanup}",
-            status="ok" if summary.ok else "error",
-            bucket=summary.bucket,
-            date=outcome.run_date,
-            counts={
-                "download_total": summary.download_total,
-                "merged_rows": summary.merged_rows,
-                "ingested_rows": summary.ingested_rows,
-                "expected_unique": summary.expected_unique,
-                "rejected": summary.rejected,
-            },
-            extras={
-                "dagster_run_id": outcome.run_id,
-                "failed_stores": summary.failed_stores,
-                "reason": summary.reason,
-                "error": summary.error,
-            },
-        )
-    if not sys.stdout.isatty():
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"CRM run {outcome.run_date} ({outcome.run_id[:8]})")
-    for column in ("bucket", "download", "failed stores", "merged", "ingested", "rejected"):
-        table.add_column(column, justify="right" if column != "bucket" else "left")
-    table.add_column("audit")
-    table.add_column("cleanup")
-    for s in outcome.buckets.values():
-        table.add_row(
-            s.bucket,
-            _n(s.download_total),
-            str(len(s.failed_stores)),
-            _n(s.merged_rows),
-            _n(s.ingested_rows),
-            _n(s.rejected),
-            f"[green]{s.audit}[/]" if s.audit == "passed" else f"[red]{s.audit}[/]",
-            s.cleanup,
-        )
-    Console().print(table)
-
-
-def _n(value: int | None) -> str:
-    return "-" if value is None else f"{value:,}"
-
-
-def run_demo(settings: Settings) -> int:
-    """The whole cycle on embedded defaults: simulator, embedded Postgres, seeded stores."""
-    from app import stores as store_master
-    from app.db import migrate
-    from app.db.embedded import start_embedded
-    from app.db.engine import create_engine
-    from app.portal_sim import PortalSimulator, SimConfig
-
-    if settings.database_url is not None:
-        raise ConfigError(
-            "demo only runs on the embedded database (simulated data must never reach a real "
-            "one): unset DATABASE_URL"
-        )
-    url = start_embedded(settings.data_dir).database_url()
-    migrate.upgrade(url)
-    today = _today(settings)
-    with PortalSimulator(SimConfig(store_count=6, seed=42, today=today)) as sim:
-
-        async def _seed() -> None:
-            engine = create_engine(url)
-            try:
-                await store_master.upsert_stores(
-                    engine,
-                    [
-                        {**s, "etl_flag": True, "report_flag": True, "is_active": True}
-                        for s in sim.stores()
-                    ],
-                )
-            finally:
-                await engine.dispose()
-
-        asyncio.run(_seed())
-        json_logger.log_event(
-            "demo",
-            f"simulator serving {len(sim.store_codes)} stores at {sim.web_url}; "
-            "running today's partition end to end",
-            date=today,
-        )
-        return run_pipeline(
-            settings,
-            run_date=today,
-            portal_override={
-                "web_url": sim.web_url,
-                "base_url": sim.base_url,
-                "username": sim.username,
-                "password": sim.password,
-            },
-        )
-
-
-def run_ui(settings: Settings, *, host: str, port: int) -> int:
-    """`dagster dev`: webserver and daemon (schedules, sensors, backfills) for local use."""
-    home = ensure_dagster_home(settings)
-    json_logger.log_event(
-        "ui", f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={home})", extras={"port": port}
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "dev",
-        "-m",
-        "crm_assets.definitions",
-        "-h",
-        host,
-        "-p",
-        str(port),
-    ]
-    return subprocess.call(cmd)  # noqa: S603 - fixed argv, no shell

@@ -4,6 +4,7 @@ A wrong value should stop the process with one readable line naming the variable
 traceback from deep inside a run; `load_settings` turns pydantic's errors into that line.
 """
 
+import datetime as dt
 import zoneinfo
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +41,22 @@ class Settings(BaseSettings):
     run_lock_wait_s: float = Field(
         default=600.0, ge=0, description="how long a second run of a date waits for the first"
     )
+    # The first daily partition (the platform's go-live). Unset: the first day of the current
+    # month in `timezone` (the portal's month-to-date exports cannot serve anything older).
+    go_live_date: dt.date | None = Field(default=None, description="first partition, YYYY-MM-DD")
+    # Catch-up: if today has not passed by `catchup_start`, try again every
+    # `catchup_interval_h` hours until `catchup_cutoff` (times in `timezone`).
+    catchup_start: dt.time = Field(default=dt.time(11, 0))
+    catchup_interval_h: int = Field(default=2, ge=1, le=12)
+    catchup_cutoff: dt.time = Field(default=dt.time(21, 0))
+    # Alerts and report delivery by e-mail: off unless SMTP_HOST is set.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    smtp_from: str | None = None
+    alert_to: str | None = Field(default=None, description="comma list of alert recipients")
 
     @field_validator("database_url")
     @classmethod

@@ -2,6 +2,8 @@
 
 import dagster as dg
 
+from crm_assets.alerts import ALERT_SENSORS
+from crm_assets.catchup import CATCHUP_SCHEDULES
 from crm_assets.cleanup import cleanup_job, cleanup_on_passed_audit
 from crm_assets.factory import build_all_assets
 from crm_assets.jobs import bucket_jobs, daily_job, daily_schedule
@@ -13,8 +15,8 @@ defs = dg.Definitions(
     assets=assets,
     asset_checks=asset_checks,
     jobs=[daily_job, *bucket_jobs, cleanup_job],
-    schedules=[daily_schedule],
-    sensors=[cleanup_on_passed_audit],
+    schedules=[daily_schedule, *CATCHUP_SCHEDULES],
+    sensors=[cleanup_on_passed_audit, *ALERT_SENSORS],
     resources=default_resources(),
     # Also the executor of asset selections launched from the UI and of backfills: one process
     # per run, which holds the run date (crm_resources.run_lock) from first step to last.
