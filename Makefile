@@ -38,9 +38,12 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -x -q
 
-## Dagster UI and daemon for local use.
+## Dagster UI and daemon for local use (embedded Postgres and the portal simulator unless
+## DATABASE_URL / TMS_* are set). `make ui UI_PORT=3001` for another port.
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 3000
 ui: $(STAMP)
-	$(BIN)/python -m app ui
+	$(BIN)/python -m app ui --host $(UI_HOST) --port $(UI_PORT)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_download.py

@@ -111,6 +111,22 @@ def run_context(run_id: str | None = None) -> Iterator[str]:
         _run_id.reset(token)
 
 
+class LogFileError(Exception):
+    """`JSON_LOG_FILE` cannot be appended to: said once at start, not on the first event."""
+
+
+def _open_sink(path: Path) -> IO[str]:
+    """Open the file sink now, so a bad path stops the process before any work is done."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("a", encoding="utf-8")
+    except OSError as exc:
+        raise LogFileError(
+            f"JSON_LOG_FILE {path}: cannot append to it ({exc.strerror or exc}): "
+            "point it at a writable file or unset it"
+        ) from None
+
+
 class JsonLogger:
     """Writes one JSON object per line to stdout and, optionally, appends to a file."""
 
@@ -132,7 +148,11 @@ class JsonLogger:
             if self._file is not None:
                 self._file.close()
                 self._file = None
-            self._file_path = Path(file_path) if file_path else None
+            self._file_path = None  # a sink that cannot be opened is not used at all
+            path = Path(file_path) if file_path else None
+            if path is not None:
+                self._file = _open_sink(path)
+            self._file_path = path
 
     def set_echo(self, echo: Any) -> None:
         """Route stdout lines through `echo` (e.g. a rich console above a progress bar)."""
@@ -185,8 +205,7 @@ class JsonLogger:
                 stream.flush()
             if self._file_path is not None:
                 if self._file is None:
-                    self._file_path.parent.mkdir(parents=True, exist_ok=True)
-                    self._file = self._file_path.open("a", encoding="utf-8")
+                    self._file = _open_sink(self._file_path)
                 self._file.write(line + "\n")
                 self._file.flush()
 

@@ -12,6 +12,20 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_CRON = "0 9 * * *"
+
+
+def _is_valid_cron(expr: str) -> bool:
+    """Dagster's own rule (5 fields, no 30 February); imported lazily, only for a custom value."""
+    try:
+        from croniter import croniter
+
+        return bool(croniter.is_valid(expr)) and len(croniter.expand(expr)[0]) == 5
+    except ImportError:
+        from dagster._utils.schedules import is_valid_cron_string
+
+        return bool(is_valid_cron_string(expr))
+
 
 class ConfigError(Exception):
     """A configuration or scope problem: the CLI exits with code 2 and prints the message."""
@@ -37,7 +51,7 @@ class Settings(BaseSettings):
     download_concurrency: int = Field(default=8, ge=1, le=64)
     download_rate_per_s: float = Field(default=20.0, gt=0, description="polite request rate")
     download_timeout_s: float = Field(default=60.0, gt=0)
-    schedule_cron: str = Field(default="0 9 * * *", description="daily schedule, in `timezone`")
+    schedule_cron: str = Field(default=DEFAULT_CRON, description="daily schedule, in `timezone`")
     run_lock_wait_s: float = Field(
         default=600.0, ge=0, description="how long a second run of a date waits for the first"
     )
@@ -76,6 +90,26 @@ class Settings(BaseSettings):
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator(
+        "tms_username", "tms_password", "go_live_date", "smtp_host", "alert_to", mode="before"
+    )
+    @classmethod
+    def _blank_is_missing(cls, value: object) -> object:
+        """`TMS_PASSWORD=` in a .env is a forgotten value, not an empty password to log in with."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str) and not text.strip():
+            return None
+        return value
+
+    @field_validator("schedule_cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        """A bad schedule must stop the process at start, not the daemon at 09:00."""
+        value = " ".join(value.split())
+        if value != DEFAULT_CRON and not _is_valid_cron(value):
+            raise ValueError(f"{value!r} is not a 5-field cron expression (e.g. {DEFAULT_CRON!r})")
         return value
 
     @field_validator("timezone")

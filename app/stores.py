@@ -7,7 +7,8 @@ operator meant.
 """
 
 import csv
-from collections.abc import Iterable, Sequence
+import io
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.coercion import to_bool
 from app.config import validate_store_code as _validate_code
 from app.db.models import StoreMaster
 from app.settings import ConfigError
@@ -162,40 +162,198 @@ async def set_flags(
     return found
 
 
-def _flag(value: str | None) -> bool | None:
-    if value is None or not value.strip():
-        return None
-    text = value.strip().lower()
-    if text in ("true", "t", "yes", "y"):
-        return True
-    if text in ("false", "f", "no", "n"):
-        return False
-    return to_bool(text)
+# ---- stores import -------------------------------------------------------------------------
+# A store list comes from a spreadsheet: every row is checked before anything is written, and a
+# file with one bad row imports nothing (a half-applied scope is worse than none).
+
+FLAG_WORDS: dict[str, bool] = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+FLAG_HELP = "1/0, true/false, yes/no or on/off"
+FLAG_COLUMNS = ("etl_flag", "report_flag", "is_active")
+IMPORT_COLUMNS = ("store_code", "store_name", *FLAG_COLUMNS)
+_MAX_PROBLEMS = 10
+
+
+def parse_flag(value: str) -> bool:
+    """One fixed vocabulary for flags (CSV and CLI alike); anything else is a ValueError,
+    never a silent False: `maybe` must not take a store out of scope."""
+    try:
+        return FLAG_WORDS[value.strip().lower()]
+    except KeyError:
+        raise ValueError(f"{value!r} is not one of {FLAG_HELP}") from None
+
+
+@dataclass(frozen=True)
+class StoreRow:
+    """One validated row of a store list, with the line it came from (for later checks)."""
+
+    line: int
+    values: dict[str, object]
+
+    @property
+    def code(self) -> str:
+        return str(self.values["store_code"])
+
+
+class _Problems(list[str]):
+    def add(self, line: int, text: str) -> None:
+        self.append(f"line {line}: {text}")
+
+
+def _problems_error(path: Path, problems: Sequence[str]) -> ConfigError:
+    shown = "; ".join(problems[:_MAX_PROBLEMS])
+    more = f"; and {len(problems) - _MAX_PROBLEMS} more" if len(problems) > _MAX_PROBLEMS else ""
+    return ConfigError(
+        f"{path}: {len(problems)} problem(s), nothing imported: {shown}{more} "
+        "(fix the file and import it again)"
+    )
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (give the path of a CSV file)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a CSV file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}, line "
+            f'{line}): save it as "CSV UTF-8" and import again'
+        ) from None
+
+
+def _header(header: Sequence[str], problems: _Problems) -> list[str]:
+    names = [h.strip().lower() for h in header]
+    unknown = [n for n in names if n not in IMPORT_COLUMNS]
+    if unknown:
+        problems.add(1, f"unknown columns {unknown} (allowed: {', '.join(IMPORT_COLUMNS)})")
+    if dupes := sorted({n for n in names if names.count(n) > 1}):
+        problems.add(1, f"repeated columns {dupes}")
+    if "store_code" not in names:
+        problems.add(1, f"no store_code column (found {names})")
+    return names
+
+
+def _row(line: int, names: Sequence[str], cells: Sequence[str], problems: _Problems) -> StoreRow:
+    get = dict(zip(names, cells, strict=True))
+    code = (get.get("store_code") or "").strip()
+    try:
+        _validate_code(code)
+    except ValueError as exc:
+        problems.add(line, str(exc))
+    values: dict[str, object] = {
+        "store_code": code,
+        "store_name": (get.get("store_name") or "").strip() or None,
+    }
+    for column in FLAG_COLUMNS:
+        raw = (get.get(column) or "").strip()
+        try:
+            values[column] = parse_flag(raw) if raw else None
+        except ValueError as exc:
+            problems.add(line, f"{column} {exc}")
+            values[column] = None
+    if values["report_flag"] is True and values["etl_flag"] is False:
+        problems.add(line, f"store {code}: report_flag needs etl_flag (report scope ⊂ ETL scope)")
+    return StoreRow(line, values)
+
+
+def parse_store_csv(text: str, problems: _Problems) -> list[StoreRow]:
+    """Rows of a store list; every problem is added with its line number (1 = header)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[StoreRow] = []
+    names: list[str] | None = None
+    seen: dict[str, tuple[int, str]] = {}
+    start = 1
+    try:
+        for cells in reader:
+            line, start = start, reader.line_num + 1
+            if names is None:
+                names = _header(cells, problems)
+                continue
+            if not any(c.strip() for c in cells):
+                continue  # blank lines (and spreadsheet ",,,," rows) carry nothing
+            if len(cells) != len(names):
+                problems.add(line, f"{len(cells)} fields, the header has {len(names)}")
+                continue
+            row = _row(line, names, cells, problems)
+            first, as_code = seen.setdefault(row.code.lower(), (line, row.code))
+            if first != line:
+                case = "" if as_code == row.code else f" as {as_code} (case is ignored)"
+                problems.add(line, f"store {row.code} is already on line {first}{case}")
+            rows.append(row)
+    except csv.Error as exc:
+        hint = " (a quote is opened and never closed)" if "end of data" in str(exc) else ""
+        problems.add(start, f"malformed CSV: {exc}{hint}")
+    if names is None:
+        problems.add(1, "empty file: expected a header with store_code")
+    return rows
+
+
+def read_store_rows(path: Path) -> list[StoreRow]:
+    """The file's rows, or a ConfigError (exit 2) naming every bad line."""
+    problems = _Problems()
+    rows = parse_store_csv(_read_text(path), problems)
+    if problems:
+        raise _problems_error(path, problems)
+    return rows
 
 
 def read_store_csv(path: Path) -> list[dict[str, object]]:
     """Parse a store list: `store_code` required; `store_name`, `etl_flag`, `report_flag`,
-    `is_active` optional (1/0, true/false, yes/no)."""
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
-        if "store_code" not in fields:
-            raise ConfigError(f"{path}: no store_code column (found {sorted(fields)})")
-        stores: list[dict[str, object]] = []
-        for line, row in enumerate(reader, start=2):
-            get = {k: row.get(orig) for k, orig in fields.items()}
-            code = (get.get("store_code") or "").strip()
-            try:
-                _validate_code(code)
-            except ValueError as exc:
-                raise ConfigError(f"{path}:{line}: {exc}") from None
-            stores.append(
-                {
-                    "store_code": code,
-                    "store_name": (get.get("store_name") or "").strip() or None,
-                    "etl_flag": _flag(get.get("etl_flag")),
-                    "report_flag": _flag(get.get("report_flag")),
-                    "is_active": _flag(get.get("is_active")),
-                }
+    `is_active` optional (1/0, true/false, yes/no, on/off; blank = leave as is)."""
+    return [row.values for row in read_store_rows(path)]
+
+
+async def _known(engine: AsyncEngine) -> dict[str, tuple[str, bool, bool]]:
+    """store_master by lower-cased code: (code, etl_flag, report_flag)."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(StoreMaster.store_code, StoreMaster.etl_flag, StoreMaster.report_flag)
+        )
+        return {code.lower(): (code, etl, report) for code, etl, report in rows}
+
+
+def check_against_master(
+    rows: Sequence[StoreRow], known: Mapping[str, tuple[str, bool, bool]]
+) -> list[str]:
+    """What the rows would make of store_master: report_flag only with etl_flag, one store per
+    code whatever its case. New stores default to etl_flag and report_flag off."""
+    problems = _Problems()
+    for row in rows:
+        existing = known.get(row.code.lower())
+        if existing is not None and existing[0] != row.code:
+            problems.add(row.line, f"store {row.code} differs only in case from {existing[0]}")
+            continue
+        etl = row.values["etl_flag"]
+        report = row.values["report_flag"]
+        etl = existing[1] if etl is None and existing else bool(etl)
+        report = existing[2] if report is None and existing else bool(report)
+        if report and not etl:
+            where = "has etl_flag off in store_master" if existing else "is new (etl_flag off)"
+            problems.add(
+                row.line, f"store {row.code}: report_flag needs etl_flag, and the store {where}"
             )
-    return stores
+    return problems
+
+
+async def import_stores(engine: AsyncEngine, path: Path) -> int:
+    """Validate the whole file (and against store_master), then upsert it in one transaction."""
+    rows = read_store_rows(path)
+    problems = check_against_master(rows, await _known(engine))
+    if problems:
+        raise _problems_error(path, problems)
+    return await upsert_stores(engine, [row.values for row in rows])

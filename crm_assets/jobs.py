@@ -1,17 +1,20 @@
-"""Jobs and schedules: one daily job for every bucket, one per bucket for targeted reruns."""
+"""Jobs and schedules: one daily job for every bucket, one per bucket for targeted reruns.
+
+The schedule's cron and timezone come from `app.settings.load_settings()` (`SCHEDULE_CRON`,
+`TIMEZONE`, environment then `.env`), like the partitions, so the two never disagree.
+"""
 
 import datetime as dt
-import os
-import zoneinfo
 
 import dagster as dg
 
 from app.config import MERGE_BUCKET_DB_SPECS
-from crm_assets.partitions import TIMEZONE
+from app.local import SIMULATED_PORTAL_ENV, portal_is_simulated
+from crm_assets.partitions import SETTINGS, TIMEZONE
 from crm_resources.run_info import SOURCE_TAG, TODAY_TAG
 
 DAILY_JOB = "crm_daily"
-SCHEDULE_CRON = os.environ.get("SCHEDULE_CRON", "0 9 * * *")
+SCHEDULE_CRON = SETTINGS.schedule_cron
 
 # In-process: the run-date lock (crm_resources.run_lock) is a database session held by the run's
 # one process from the first step to the last; a process per step would drop it between steps.
@@ -33,6 +36,21 @@ bucket_jobs = [
 ]
 
 
+def simulated_portal_skip() -> dg.SkipReason | None:
+    """A SkipReason when this process points at the built-in simulator, else None.
+
+    `python -m app ui` on embedded defaults sets `CRM_PORTAL_SIMULATED=1` for its daemon: the
+    simulator's data is for trying the UI by hand, so no schedule may fire against it (and
+    fill the laptop's database every morning). Every schedule should ask this first.
+    """
+    if not portal_is_simulated():
+        return None
+    return dg.SkipReason(
+        f"{SIMULATED_PORTAL_ENV} is set: the portal is the built-in simulator, so schedules "
+        "do not fire; set TMS_WEB, TMS_BASE, TMS_USERNAME, TMS_PASSWORD for the real portal"
+    )
+
+
 @dg.schedule(
     name="crm_daily_schedule",
     job=daily_job,
@@ -41,14 +59,16 @@ bucket_jobs = [
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description=f"Today's partition at {SCHEDULE_CRON} ({TIMEZONE}).",
 )
-def daily_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+def daily_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
     """Today's partition in the franchise's timezone: the portal serves nothing else.
 
     (Dagster's partitioned-schedule builder only fires at the partition boundary; the run date
     here is the calendar day of the tick, at any configured hour.)
     """
+    if skip := simulated_portal_skip():
+        return skip
     tick = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
-    day = tick.astimezone(zoneinfo.ZoneInfo(TIMEZONE)).date().isoformat()
+    day = tick.astimezone(SETTINGS.tz).date().isoformat()
     return dg.RunRequest(
         run_key=f"crm_daily:{day}",
         partition_key=day,

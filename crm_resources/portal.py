@@ -1,13 +1,17 @@
 """The store portal's location and login as a Dagster resource.
 
-Unset fields fall back to `TMS_WEB`, `TMS_BASE`, `TMS_USERNAME`, `TMS_PASSWORD`. Nothing here
-defaults to the built-in simulator: only `python -m app demo` points the resource at it, so
-simulated data can never reach a real database by accident.
+Unset fields fall back to `TMS_WEB`, `TMS_BASE`, `TMS_USERNAME`, `TMS_PASSWORD` (environment,
+then `.env`), read at run time: that is how the deployment, `demo` and `ui` hand over the login,
+so no password is ever part of a run's config (Dagster stores and shows run config). Nothing here
+defaults to the built-in simulator: only `python -m app demo` and `ui` point the environment at
+it (marked `CRM_PORTAL_SIMULATED=1`), and a run refuses that marker next to a real database, so
+simulated data can never reach one by accident.
 """
 
 import dagster as dg
 
 from app.downloader import PortalCredentials
+from app.local import SIMULATED_PORTAL_ENV, portal_is_simulated
 from app.settings import ConfigError, load_settings
 
 
@@ -38,6 +42,11 @@ class PortalResource(dg.ConfigurableResource):
         if missing := self.missing():
             raise ConfigError(f"portal settings missing: {', '.join(missing)}")
         settings = load_settings()
+        if portal_is_simulated() and settings.database_url is not None:
+            raise ConfigError(
+                f"{SIMULATED_PORTAL_ENV} is set (the portal is the built-in simulator) but "
+                "DATABASE_URL names a real database: simulated data never goes there; unset one"
+            )
         password = self.password or (
             settings.tms_password.get_secret_value() if settings.tms_password else ""
         )

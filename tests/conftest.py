@@ -8,6 +8,11 @@ database; each test that asks for `database_url` gets its own fresh copy of it
 
 import os
 import tempfile
+
+# The suite runs dates in 2026 (March, November); without a go-live date the first partition
+# would be the first day of the current month. Set before any crm_assets import.
+os.environ.setdefault("GO_LIVE_DATE", "2026-01-01")
+
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path

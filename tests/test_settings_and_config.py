@@ -1,6 +1,7 @@
 """Settings validation and the specs' shape."""
 
 import datetime as dt
+import zoneinfo
 
 import pytest
 
@@ -12,6 +13,7 @@ from app.config import (
     validate_store_code,
 )
 from app.settings import ConfigError, load_settings
+from app.settings_dates import first_partition
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -48,6 +50,7 @@ def test_env_overrides_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path) -> 
         ("DATABASE_URL", "mysql://x@y/z", "DATABASE_URL"),
         ("TMS_BASE", "ftp://portal", "TMS_BASE"),
         ("TIMEZONE", "Mars/Olympus", "TIMEZONE"),
+        ("GO_LIVE_DATE", "27/11/2026", "GO_LIVE_DATE"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch, tmp_path, var, value, fragment) -> None:
@@ -55,6 +58,19 @@ def test_bad_values_name_the_variable(monkeypatch, tmp_path, var, value, fragmen
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=fragment):
         load_settings()
+
+
+def test_first_partition_is_go_live_else_the_first_of_this_month(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GO_LIVE_DATE", "2026-02-03")
+    assert first_partition(load_settings()) == dt.date(2026, 2, 3)
+    monkeypatch.delenv("GO_LIVE_DATE")
+    # UTC+14 and UTC-11: on different days for two hours in 24, so "this month" is the zone's
+    for tz in ("Pacific/Kiritimati", "Pacific/Pago_Pago"):
+        expected = dt.datetime.now(zoneinfo.ZoneInfo(tz)).date().replace(day=1)
+        assert first_partition(load_settings(timezone=tz)) == expected
 
 
 def test_password_never_in_repr(monkeypatch, tmp_path) -> None:
