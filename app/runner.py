@@ -387,12 +387,19 @@ def _step_failures(outcome: RunOutcome, result: Any) -> None:
                 outcome.buckets[bucket].audit = "failed"
 
 
-_DAGSTER_WRAPPERS = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError")
+# Dagster's wrappers around the user's exception, and ours: a step's RetryPolicy gives up with
+# RetryRequestedFromPolicy; `crm_assets.policies.without_retry` wraps in Failure (cause kept).
+DAGSTER_WRAPPERS = (
+    "DagsterExecutionStepExecutionError",
+    "DagsterUserCodeExecutionError",
+    "RetryRequestedFromPolicy",
+    "Failure",
+)
 
 
 def _root_error(error: Any) -> Any:
     """The user's exception inside Dagster's wrappers (what actually went wrong)."""
-    while error is not None and error.cause is not None and error.cls_name in _DAGSTER_WRAPPERS:
+    while error is not None and error.cause is not None and error.cls_name in DAGSTER_WRAPPERS:
         error = error.cause
     return error
 

@@ -93,7 +93,15 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "tms_username", "tms_password", "go_live_date", "smtp_host", "alert_to", mode="before"
+        "tms_username",
+        "tms_password",
+        "go_live_date",
+        "smtp_host",
+        "smtp_username",
+        "smtp_password",
+        "smtp_from",
+        "alert_to",
+        mode="before",
     )
     @classmethod
     def _blank_is_missing(cls, value: object) -> object:

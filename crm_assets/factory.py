@@ -27,6 +27,7 @@ import dagster as dg
 from app import json_logger
 from app.audit import AuditRecord, audit_of_run, passed_runs
 from app.config import MERGE_BUCKET_DB_SPECS
+from app.downloader.client import PortalUnavailableError
 from app.ingest import IngestResult, ingest_file
 from app.merger import MergeResult, merge_bucket
 from app.pipeline import RawFiles, acquire_raw_files
@@ -39,6 +40,7 @@ from app.step_results import load_result, save_result
 from crm_assets.keys import AUDIT, AUDIT_CHECK, DOWNLOAD_CHECK, MERGED, RAW, TABLE, key
 from crm_assets.metadata import counts, md_table, rows_by_store_markdown
 from crm_assets.partitions import daily_partitions
+from crm_assets.policies import DOWNLOAD_RETRY_POLICY, without_retry
 from crm_resources import (
     DatabaseResource,
     DataDirResource,
@@ -114,6 +116,7 @@ def build_download_asset(buckets: Sequence[str]) -> dg.AssetsDefinition:
         specs=specs,
         can_subset=True,
         partitions_def=daily_partitions,
+        retry_policy=DOWNLOAD_RETRY_POLICY,
         description="Log in once, visit each store's dashboard once, download its reports.",
     )
     # No return annotation: Dagster reads it to type the outputs and does not recognise an
@@ -131,7 +134,12 @@ def build_download_asset(buckets: Sequence[str]) -> dg.AssetsDefinition:
         # An async generator resumes in a fresh context at every yield: set the log's run id
         # around the awaited work only, never across a yield.
         with json_logger.run_context(ctx.run_id):
-            raw = await _acquire(ctx, selected, db, portal, store_scope)
+            try:
+                raw = await _acquire(ctx, selected, db, portal, store_scope)
+            except PortalUnavailableError:
+                raise  # the portal is down: the step's RetryPolicy tries again, backing off
+            except Exception as exc:  # wrong password, store scope, ...: a retry cannot help
+                raise without_retry(exc) from exc
             for bucket, files in raw.items():
                 save_result(ctx, bucket, RAW, files)
                 if files.error:
@@ -141,7 +149,7 @@ def build_download_asset(buckets: Sequence[str]) -> dg.AssetsDefinition:
             if not files.error:
                 yield dg.MaterializeResult(asset_key=key(bucket, RAW), metadata=raw_metadata(files))
         if all(files.error for files in raw.values()):
-            raise dg.Failure("; ".join(f.error or "" for f in raw.values()))
+            raise dg.Failure("; ".join(f.error or "" for f in raw.values()), allow_retries=False)
 
     return portal_reports
 

@@ -13,17 +13,15 @@ from typing import Any
 import dagster as dg
 
 from app import json_logger
+from app.runner import DAGSTER_WRAPPERS
 
 _STATUS = {logging.ERROR: "error", logging.WARNING: "warn"}
-
-
-_WRAPPERS = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError")
 
 
 def root_error_line(error: Any) -> str | None:
     """The user's exception inside Dagster's wrappers, as one line (no stack trace)."""
     while error is not None and getattr(error, "cause", None) is not None:
-        if getattr(error, "cls_name", None) not in _WRAPPERS:
+        if getattr(error, "cls_name", None) not in DAGSTER_WRAPPERS:
             break
         error = error.cause
     if error is None:

@@ -390,3 +390,15 @@ def test_the_cutoff_sensor_is_quiet_when_every_bucket_passed(
     assert "every bucket passed" in str(result.skip_reason)
     assert result.cursor == TODAY.isoformat()
     assert smtp_env.messages == []
+
+
+def test_the_message_module_is_plain_python() -> None:
+    import ast
+
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(Path(app.alerts.__file__).read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert "dagster" not in imported, "app/ stays free of Dagster (crm_assets decides when)"
