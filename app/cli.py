@@ -179,8 +179,9 @@ def _add_local(sub: Any, common: argparse.ArgumentParser) -> None:
     sim = sub.add_parser("portal-sim", parents=[common], help="serve the built-in simulator")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8765)
-    sim.add_argument("--stores", type=int, default=5, help="number of stores it serves")
-    sim.add_argument("--seed", type=int, default=1)
+    # The same stores `demo` and `ui` seed into store_master, so the two agree by default.
+    sim.add_argument("--stores", type=int, default=6, help="number of stores it serves")
+    sim.add_argument("--seed", type=int, default=42)
     ui = sub.add_parser("ui", parents=[common], help="Dagster webserver and daemon, locally")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)

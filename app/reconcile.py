@@ -19,6 +19,8 @@ from app.pipeline import RawFiles
 from app.reject_store import first_rejects, reject_counts, rejected_records
 from app.run_context import RunContext
 
+EMPTY_DAY = "every store returned an empty report: check that the portal knows these store codes"
+
 
 async def measure_counts(
     engine: AsyncEngine, ctx: RunContext, merge: MergeResult, ingest: IngestResult
@@ -100,6 +102,10 @@ async def audit_bucket(
         status = FAILED
         reason = "; ".join(filter(None, [reason, f"files missing at audit time: {missing}"]))
     failed = failed_stores(raw, merge)
+    if status != FAILED and merge.merged_stores and counts.download_total == 0:
+        # Nothing to lose by deleting empty reports, but a whole day of them usually means the
+        # portal does not know these store codes (it answers an empty report): say so.
+        reason = "; ".join(filter(None, [reason, EMPTY_DAY]))
     if status != FAILED and failed:
         # The files that exist reconcile, so cleaning them up is safe; the stores that failed are
         # the run's failure (its exit code) and their files, if any, are not in the manifest.

@@ -31,7 +31,7 @@ from app.downloader.client import PortalUnavailableError
 from app.ingest import IngestResult, ingest_file
 from app.merger import MergeResult, merge_bucket
 from app.pipeline import RawFiles, acquire_raw_files
-from app.reconcile import audit_bucket, record_failure
+from app.reconcile import EMPTY_DAY, audit_bucket, record_failure
 from app.reject_store import first_rejects, replace_rejects
 from app.report_check import check_file
 from app.run_context import RunContext
@@ -332,6 +332,8 @@ def build_checks(bucket: str) -> list[Any]:
         ctx = run_context(context, data_dir.root())
         record = await audit_of_run(db.engine, ctx.run_id, bucket, ctx.run_date)
         failed = dict(record.failed_stores) if record else {}
+        if record is not None and EMPTY_DAY in (record.reason or ""):
+            failed = {"all stores": EMPTY_DAY}
         return dg.AssetCheckResult(
             passed=record is not None and not failed,
             severity=dg.AssetCheckSeverity.WARN,

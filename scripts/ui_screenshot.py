@@ -135,15 +135,16 @@ def main() -> int:
     try:
         wait("the webserver", lambda: urllib.request.urlopen(f"{base}/server_info"), 180)  # noqa: S310
         location = run_today(base)
+        graphql(base, "mutation { setNuxSeen }")  # the first-visit newsletter dialog
         time.sleep(5)
-        shoot(f"{base}/asset-groups", args.out / "ui-asset-graph.png")
         shoot(
             f"{base}/locations/{location}/asset-groups/missed_leads/lineage",
-            args.out / "ui-missed-leads-lineage.png",
+            args.out / "ui-asset-graph.png",
         )
         shoot(
-            f"{base}/assets/missed_leads/audit?view=checks",
-            args.out / "ui-audit-checks.png",
+            f"{base}/assets/missed_leads/audit?view=checks&checkDetail=audit_passed",
+            args.out / "ui-audit-check.png",
+            size="1600,1300",
         )
     finally:
         os.killpg(ui.pid, signal.SIGTERM)

@@ -416,3 +416,29 @@ def test_midnight_during_a_run_fails_the_stores_after_it(
     failed = outcome.buckets["missed_leads"].failed_stores
     assert failed and all("day changed" in why for why in failed.values())
     assert outcome.exit_code == 1
+
+
+def test_a_day_where_every_store_is_empty_is_not_silent(
+    graph_env: Path, database_url: URL, make_portal_sim
+) -> None:
+    """Stores the portal does not know get an empty report: a passed audit must say so."""
+    sim = make_portal_sim(store_count=2, seed=43, today=TODAY)
+    query(
+        database_url,
+        "INSERT INTO store_master (store_code, etl_flag) VALUES ('Z001', true), ('Z002', true)",
+    )
+    outcome = execute_date(
+        load_settings(),
+        run_date=TODAY,
+        buckets=["missed_leads"],
+        portal_override=portal_config(sim),
+    )
+    summary = outcome.buckets["missed_leads"]
+    assert summary.audit == "passed" and "every store returned an empty report" in (
+        summary.reason or ""
+    )
+    with dg.DagsterInstance.get() as instance:
+        check = instance.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(key("missed_leads", AUDIT), "all_stores_downloaded")
+        )
+    assert check is not None and check.evaluation is not None and not check.evaluation.passed
