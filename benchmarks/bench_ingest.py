@@ -56,6 +56,34 @@ NOTES = [
 NAMES = ["Ravi Kumar", "Anita Sharma", "Mohammed Ali", "Priya N", "Suresh, Jr."]
 
 
+def lead_row(rnd: random.Random, n: int, store: str, pickup: str) -> list[object]:
+    """One portal-shaped missed-leads row (ISO and day-first dates, +91 and blank mobiles)."""
+    day = rnd.randint(1, 28)
+    mobile = f"9{rnd.randrange(10**9):09d}"
+    r = rnd.random()
+    if r < 0.05:
+        mobile = f"+91 {mobile[:5]}-{mobile[5:]}"
+    elif r < 0.08:
+        mobile = ""
+    return [
+        n,
+        mobile,
+        pickup,
+        f"2026-03-{day:02d}",
+        f"{rnd.randint(0, 23):02d}:{rnd.randint(0, 59):02d}:{rnd.randint(0, 59):02d}",
+        store,
+        f"Store {store}",
+        f"{day:02d}-03-2026",
+        f"{rnd.randint(1, 12)}:00 {'AM' if rnd.random() < 0.5 else 'PM'}",
+        NAMES[rnd.randrange(len(NAMES))],
+        NOTES[rnd.randrange(len(NOTES))],
+        "App",
+        "Walk-in" if rnd.random() < 0.3 else "App",
+        "New" if rnd.random() < 0.4 else "Repeat",
+        "1" if rnd.random() < 0.3 else "0",
+    ]
+
+
 def generate(path: Path, rows: int, seed: int = 7, dup_rate: float = 0.05) -> None:
     """A portal-shaped missed-leads file with `dup_rate` of its rows repeating an earlier key."""
     rnd = random.Random(seed)
@@ -71,32 +99,7 @@ def generate(path: Path, rows: int, seed: int = 7, dup_rate: float = 0.05) -> No
                 store, pickup = stores[rnd.randrange(300)], f"P{i:09d}"
                 if len(keys) < 2_000_000:
                     keys.append((store, pickup))
-            day = rnd.randint(1, 28)
-            mobile = f"9{rnd.randrange(10**9):09d}"
-            r = rnd.random()
-            if r < 0.05:
-                mobile = f"+91 {mobile[:5]}-{mobile[5:]}"
-            elif r < 0.08:
-                mobile = ""
-            writer.writerow(
-                [
-                    i + 1,
-                    mobile,
-                    pickup,
-                    f"2026-03-{day:02d}",
-                    f"{rnd.randint(0, 23):02d}:{rnd.randint(0, 59):02d}:{rnd.randint(0, 59):02d}",
-                    store,
-                    f"Store {store}",
-                    f"{day:02d}-03-2026",
-                    f"{rnd.randint(1, 12)}:00 {'AM' if rnd.random() < 0.5 else 'PM'}",
-                    NAMES[rnd.randrange(len(NAMES))],
-                    NOTES[rnd.randrange(len(NOTES))],
-                    "App",
-                    "Walk-in" if rnd.random() < 0.3 else "App",
-                    "New" if rnd.random() < 0.4 else "Repeat",
-                    "1" if rnd.random() < 0.3 else "0",
-                ]
-            )
+            writer.writerow(lead_row(rnd, i + 1, store, pickup))
 
 
 # ---------------------------------------------------------------- children (one per measurement)

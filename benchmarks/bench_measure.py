@@ -37,39 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_ingest import D1, HEADER, NAMES, NOTES, setup_database  # noqa: E402
+from bench_ingest import D1, HEADER, lead_row, setup_database  # noqa: E402
 
 from app.config import MERGE_BUCKET_DB_SPECS  # noqa: E402
 
 BUCKET = "missed_leads"
 MERGED_HEADER = list(MERGE_BUCKET_DB_SPECS[BUCKET]["column_map"])
-
-
-def _row(rnd: random.Random, n: int, store: str, pickup: str) -> list[object]:
-    day = rnd.randint(1, 28)
-    mobile = f"9{rnd.randrange(10**9):09d}"
-    r = rnd.random()
-    if r < 0.05:
-        mobile = f"+91 {mobile[:5]}-{mobile[5:]}"
-    elif r < 0.08:
-        mobile = ""
-    return [
-        n,
-        mobile,
-        pickup,
-        f"2026-03-{day:02d}",
-        f"{rnd.randint(0, 23):02d}:{rnd.randint(0, 59):02d}:{rnd.randint(0, 59):02d}",
-        store,
-        f"Store {store}",
-        f"{day:02d}-03-2026",
-        f"{rnd.randint(1, 12)}:00 {'AM' if rnd.random() < 0.5 else 'PM'}",
-        NAMES[rnd.randrange(len(NAMES))],
-        NOTES[rnd.randrange(len(NOTES))],
-        "App",
-        "Walk-in" if rnd.random() < 0.3 else "App",
-        "New" if rnd.random() < 0.4 else "Repeat",
-        "1" if rnd.random() < 0.3 else "0",
-    ]
 
 
 def generate(folder: Path, rows: int, stores: int, seed: int = 11) -> tuple[dict[str, Path], Path]:
@@ -99,7 +72,7 @@ def generate(folder: Path, rows: int, stores: int, seed: int = 11) -> tuple[dict
                         pickup = rnd.choice(list(winners)[-200:])
                     else:
                         pickup = f"P{index:03d}{i:07d}"
-                    row = _row(rnd, n, code, pickup)
+                    row = lead_row(rnd, n, code, pickup)
                     writer.writerow(row)
                     winners[pickup] = row
             merged_writer.writerows(winners.values())
