@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit ui run bench clean
+.PHONY: demo test lint typecheck unit ui run bench clean system-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,18 @@ demo: $(STAMP)
 	$(BIN)/python -m app demo
 
 ## Lint, type-check and run the whole test suite against a real PostgreSQL.
-test: $(STAMP)
+## Tools the report tests drive (headless Chromium renders the HTML report, pdftoppm the PDF):
+## Debian packages, installed with apt-get when missing (CI and the dev machines run as root).
+SYSTEM_TOOLS := chromium pdftoppm
+system-tools:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils >/dev/null; \
+	  else echo "install chromium and poppler-utils (pdftoppm) for the report tests"; fi; \
+	fi
+
+test: $(STAMP) system-tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy app crm_resources crm_assets

@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     for add in (_add_run, _add_db, _add_stores, _add_status, _add_local):
         add(sub, common)
+    from app.report_cli import add_report_commands
+
+    add_report_commands(sub, common)  # `report`, and `stores recipients ...`
     for name, child in sub.choices.items():
         if name not in ("db", "stores"):
             child.set_defaults(_parser=child)
@@ -611,9 +614,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "demo": cmd_demo,
     "portal-sim": cmd_portal_sim,
     "ui": cmd_ui,
+    "report": lambda args, settings: int(args._handler(args, settings)),
 }
-_WRITES_DATA_DIR = {"run", "demo", "ui"}
-_USES_DATABASE = {"db", "stores", "status", "rejects"}
+_WRITES_DATA_DIR = {"run", "demo", "ui", "report"}
+_USES_DATABASE = {"db", "stores", "status", "rejects", "report"}
 
 
 def check_data_dir(command: str, settings: Settings) -> None:
@@ -646,6 +650,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         json_logger.configure(file_path=settings.json_log_file)
         os.environ.setdefault("DATA_DIR", str(settings.data_dir))
         check_data_dir(args.command, settings)
+        handler = getattr(args, "_handler", None)  # commands added by app.report_cli
+        if handler is not None:
+            return int(handler(args, settings))
         return COMMANDS[args.command](args, settings)
     except KeyboardInterrupt:
         return 130

@@ -83,6 +83,7 @@ from app.coercion import CoercionError
 from app.config import MERGE_BUCKET_DB_SPECS
 from app.csv_io import open_records
 from app.db.models import IngestReject, bucket_table
+from app.history import ChangeRecorder
 from app.json_logger import log_event
 from app.merger import map_header
 from app.rejects import BAD_VALUE
@@ -467,6 +468,10 @@ async def _load(
 ) -> None:
     """One transaction: lock, clear this snapshot's old rejects, then COPY + upsert per batch.
 
+    Each batch's change history (`app.history`) is written by the batch's upsert statement
+    itself (extra CTEs, same snapshot), and the keys gone from the snapshot after the last
+    batch, all in the same transaction.
+
     Overlap without threads: the upsert of batch N is sent, and while the server executes it
     the next batch is parsed and validated right here (blocking the loop on purpose; the reply
     waits in the socket). A parser thread would fight the event loop for the GIL on every
@@ -474,7 +479,8 @@ async def _load(
     """
     stage = _staging_table(bucket)
     columns = [c.name for c in stage.columns]
-    upsert = upsert_from_staging(bucket, stage, run_date, run_id)
+    history = ChangeRecorder(bucket, stage.name, run_date, run_id)
+    upsert = history.attach(upsert_from_staging(bucket, stage, run_date, run_id))
     truncate = text(f"TRUNCATE {stage.name}")
     # A value the merger accepted but the load cannot: never quarantined, always blocking.
     base = {
@@ -508,6 +514,7 @@ async def _load(
                     await driver.copy_records_to_table(
                         stage.name, records=batch.records, columns=columns
                     )
+                    history.saw(batch.records)
                     pending = asyncio.ensure_future(conn.execute(upsert))
                     for _ in range(3):  # let the task put the statement on the wire
                         await asyncio.sleep(0)
@@ -520,6 +527,7 @@ async def _load(
                 await _write_rejects(conn, batch.rejects, base)
                 _account(totals, batch, inserted, updated)
                 batch = following
+            await history.record_gone(conn)
         finally:
             if pending is not None:  # a parse error while the server was busy: drain, then fail
                 with contextlib.suppress(Exception):

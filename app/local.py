@@ -34,6 +34,7 @@ SIMULATED_PORTAL_ENV = "CRM_PORTAL_SIMULATED"
 PORTAL_ENV_VARS = ("TMS_WEB", "TMS_BASE", "TMS_USERNAME", "TMS_PASSWORD")
 # demo and ui seed the same stores, so both agree on what the embedded database holds
 SIM_STORES, SIM_SEED = 6, 42
+REPORT_STORES = 2  # demo and ui seed two report stores: a newcomer sees reports at once
 _SHUTDOWN_GRACE_S = 10.0  # a group-wide Ctrl-C or SIGTERM already reached `dagster dev`
 _KILL_AFTER_S = 30.0
 
@@ -107,8 +108,14 @@ def simulated_portal(settings: Settings, today: dt.date) -> Iterator[SimulatedPo
                 await store_master.upsert_stores(
                     engine,
                     [
-                        {**s, "etl_flag": True, "report_flag": True, "is_active": True}
-                        for s in sim.stores()
+                        # every store is loaded; the first REPORT_STORES also get reports
+                        {
+                            **s,
+                            "etl_flag": True,
+                            "report_flag": index < REPORT_STORES,
+                            "is_active": True,
+                        }
+                        for index, s in enumerate(sim.stores())
                     ],
                 )
             finally:
@@ -155,7 +162,30 @@ def run_demo(settings: Settings) -> int:
                 "tms_password": SecretStr(sim.password),
             }
         )
-        return run_pipeline(demo_settings, run_date=today)
+        code = run_pipeline(demo_settings, run_date=today)
+        _demo_reports(settings, portal.database_url, today)
+        return code
+
+
+def _demo_reports(settings: Settings, url: Any, today: dt.date) -> None:
+    """The report stores' HTML and PDF for today, so the first command shows them too."""
+    from app.db.engine import create_engine
+    from app.reports import build_reports
+
+    async def _build() -> Any:
+        engine = create_engine(url)
+        try:
+            return await build_reports(engine, settings.data_dir, today)
+        finally:
+            await engine.dispose()
+
+    built = asyncio.run(_build())
+    json_logger.log_event(
+        "report",
+        f"store reports for {today}: {built.index_path or built.folder}",
+        date=today,
+        extras={"stores": [r.store_code for r in built.reports]},
+    )
 
 
 # ------------------------------------------------------------------------------------ ui

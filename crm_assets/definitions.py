@@ -8,14 +8,15 @@ from crm_assets.cleanup import cleanup_job, cleanup_on_passed_audit
 from crm_assets.factory import build_all_assets
 from crm_assets.jobs import bucket_jobs, daily_job, daily_schedule
 from crm_assets.loggers import json_console_logger
+from crm_assets.reports import REPORT_ASSETS, REPORT_JOBS
 from crm_resources import default_resources
 
 assets, asset_checks = build_all_assets()
 
 defs = dg.Definitions(
-    assets=assets,
+    assets=[*assets, *REPORT_ASSETS],
     asset_checks=asset_checks,
-    jobs=[daily_job, *bucket_jobs, cleanup_job],
+    jobs=[daily_job, *bucket_jobs, cleanup_job, *REPORT_JOBS],
     schedules=[daily_schedule, *CATCHUP_SCHEDULES],
     sensors=[cleanup_on_passed_audit, *ALERT_SENSORS],
     # Settings-backed, not `dg.EnvVar`: see `crm_resources.default_resources` for why.

@@ -98,3 +98,17 @@ def test_run_end_to_end_prints_json_only_and_cleans_up(cli_env, make_portal_sim)
     assert sim.password not in done.stdout
     day_dirs = [p for p in Path(cli_env["DATA_DIR"]).iterdir() if p.name[:2] == "20"]
     assert all(not list(d.glob("*.csv")) for d in day_dirs)
+
+
+def test_report_command_is_wired_and_writes_the_reports(cli_env) -> None:
+    _seed(cli_env, ["A1"])
+    done = _run(["report", "--date", "2026-03-07"], cli_env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = Path(cli_env["DATA_DIR"]) / "reports" / "2026-03-07"
+    assert (folder / "A1.html").exists() and (folder / "A1.pdf").exists()
+    assert (folder / "index.html").exists()
+    assert "not reconciled" in (folder / "A1.html").read_text()  # nothing was audited that day
+    done = _run(["stores", "recipients", "add", "A1", "manager@example.com"], cli_env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    listed = _run(["stores", "recipients", "list"], cli_env)
+    assert "manager@example.com" in listed.stdout

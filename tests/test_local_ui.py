@@ -412,8 +412,11 @@ def test_demo_hands_the_login_over_through_the_environment(
     conn = psycopg2.connect(render(database_url.set(drivername="postgresql")))
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM store_master WHERE etl_flag AND report_flag")
-            assert cur.fetchone() == (app.local.SIM_STORES,)
+            cur.execute(
+                "SELECT count(*) FILTER (WHERE etl_flag), count(*) FILTER (WHERE report_flag) "
+                "FROM store_master"
+            )
+            assert cur.fetchone() == (app.local.SIM_STORES, app.local.REPORT_STORES)
     finally:
         conn.close()
 

@@ -91,3 +91,58 @@ def test_env_py_converts_asyncpg_url_to_installed_sync_driver(database_url: URL)
     assert psycopg2.__version__
     # env.py runs with the asyncpg URL as given to the app and succeeds:
     migrate.upgrade(database_url)
+
+
+@pytest.mark.parametrize("bucket", list(MERGE_BUCKET_DB_SPECS))
+def test_change_table_matches_spec(database_url: URL, bucket: str) -> None:
+    spec = MERGE_BUCKET_DB_SPECS[bucket]
+    name = f"{spec['table_name']}_changes"
+    eng, insp = _inspect(database_url)
+    try:
+        cols = {c["name"]: c for c in insp.get_columns(name)}
+        keys = spec["dedupe_keys"]
+        assert set(cols) == {
+            "id",
+            "run_date",
+            "run_id",
+            *keys,
+            "change",
+            "column_name",
+            "old_value",
+            "new_value",
+            "created_at",
+        }
+        for key in keys:
+            assert str(cols[key]["type"]) == EXPECTED_SQL[spec["coerce"][key]], key
+            assert cols[key]["nullable"] is False
+        assert insp.get_pk_constraint(name)["constrained_columns"] == ["id"]
+        indexed = {tuple(ix["column_names"]) for ix in insp.get_indexes(name)}
+        assert ("run_date",) in indexed and (*keys, "run_date") in indexed
+        checks = " ".join(c["sqltext"] for c in insp.get_check_constraints(name))
+        assert "'gone'" in checks
+    finally:
+        eng.dispose()
+
+
+def test_report_tables_exist(database_url: URL) -> None:
+    eng, insp = _inspect(database_url)
+    try:
+        recipients = insp.get_pk_constraint("report_recipients")["constrained_columns"]
+        assert recipients == ["store_code", "email"]
+        (fk,) = insp.get_foreign_keys("report_recipients")
+        assert fk["referred_table"] == "store_master" and fk["options"]["ondelete"] == "CASCADE"
+        deliveries = {c["name"] for c in insp.get_columns("report_deliveries")}
+        assert deliveries == {
+            "id",
+            "store_code",
+            "run_date",
+            "recipient",
+            "status",
+            "error",
+            "message_id",
+            "sent_at",
+        }
+        uniques = [u["column_names"] for u in insp.get_unique_constraints("report_deliveries")]
+        assert ["store_code", "run_date", "recipient"] in uniques
+    finally:
+        eng.dispose()

@@ -4,6 +4,9 @@ Each bucket table has the spec's mapped columns with their coerced types, a prim
 spec's `dedupe_keys` (the upsert's conflict target), and bookkeeping columns: `run_date` (the
 snapshot the row was last loaded from, so a backfill never rolls newer values back), `run_id`,
 `created_at`, `updated_at`.
+
+Each bucket also gets a change table `<table_name>_changes` (see `app.history`), generated from
+the same spec so a new bucket gets its history with no extra code.
 """
 
 import datetime as dt
@@ -12,9 +15,11 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     Date,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -190,3 +195,81 @@ BUCKET_TABLES: dict[str, Table] = {
 
 def bucket_table(bucket: str) -> Table:
     return BUCKET_TABLES[bucket]
+
+
+CHANGE_KINDS = ("new", "changed", "gone")
+
+
+def _changes_table(bucket: str, spec: dict[str, Any]) -> Table:
+    """`<table>_changes`: what one load changed per key (written by `app.history`).
+
+    Values are text in one canonical form (ISO dates, plain decimals, true/false), so one table
+    holds every column's changes whatever its type.
+    """
+    keys = spec["dedupe_keys"]
+    name = f"{spec['table_name']}_changes"
+    kinds = ", ".join(f"'{k}'" for k in CHANGE_KINDS)
+    table = Table(
+        name,
+        Base.metadata,
+        Column("id", BigInteger, primary_key=True, autoincrement=True),
+        Column("run_date", Date, nullable=False),
+        Column("run_id", String(64), nullable=False),
+        *[Column(k, SQL_TYPES[spec["coerce"][k]], nullable=False) for k in keys],
+        Column("change", String(16), nullable=False),
+        Column("column_name", Text),
+        Column("old_value", Text),
+        Column("new_value", Text),
+        _now_column("created_at"),
+        CheckConstraint(f"change IN ({kinds})", name="change_kind"),
+        comment=f"change history of merge bucket {bucket}",
+    )
+    Index(None, table.c.run_date)
+    Index(None, *[table.c[k] for k in keys], table.c.run_date)
+    return table
+
+
+CHANGE_TABLES: dict[str, Table] = {
+    bucket: _changes_table(bucket, spec) for bucket, spec in MERGE_BUCKET_DB_SPECS.items()
+}
+
+
+def changes_table(bucket: str) -> Table:
+    return CHANGE_TABLES[bucket]
+
+
+class ReportRecipient(Base):
+    """Who receives a store's report; removed with the store."""
+
+    __tablename__ = "report_recipients"
+
+    store_code: Mapped[str] = mapped_column(
+        String(32),
+        ForeignKey("store_master.store_code", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    email: Mapped[str] = mapped_column(Text, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class ReportDelivery(Base):
+    """One report sent (or failed) to one recipient for a store and date: a resend is an update."""
+
+    __tablename__ = "report_deliveries"
+    __table_args__ = (
+        UniqueConstraint("store_code", "run_date", "recipient"),
+        CheckConstraint("status IN ('sent', 'failed')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    store_code: Mapped[str] = mapped_column(String(32), nullable=False)
+    run_date: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    recipient: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
