@@ -26,7 +26,7 @@ from app.db import migrate
 from app.db.engine import create_engine
 from app.db.urls import render, to_async_url, to_sync_url, with_database
 
-pytest_plugins = ["tests.fixtures_portal"]
+pytest_plugins = ["tests.fixtures_portal", "tests.smtp_server"]
 from tests.graph_helpers import graph_env  # noqa: E402, F401 - a fixture for graph tests
 
 PREFIX = "crm_test_"

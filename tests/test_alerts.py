@@ -7,19 +7,13 @@ test's PostgreSQL; what they send is read back from the SMTP server as a parsed 
 
 import asyncio
 import datetime as dt
-import email
-import email.policy
-import socket
 import zoneinfo
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy.engine import URL
 
 import app.alerts
@@ -38,6 +32,7 @@ from crm_assets.alerts import cutoff_tick, run_failure_alert
 from crm_assets.definitions import defs
 from tests.graph_helpers import portal_config as _portal
 from tests.graph_helpers import seed as _seed
+from tests.smtp_server import Mailbox, free_port
 
 BUCKETS = list(MERGE_BUCKET_DB_SPECS)
 IST = zoneinfo.ZoneInfo("Asia/Kolkata")
@@ -49,39 +44,6 @@ SMTP_VARS = (
 
 
 # ---------------------------------------------------------------- a local SMTP server
-
-
-@dataclass
-class Mailbox:
-    port: int
-    messages: list[EmailMessage] = field(default_factory=list)
-    envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        raw = (envelope.original_content or envelope.content).replace(b"\r\n", b"\n")
-        parsed = email.message_from_bytes(raw, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
-        return "250 OK"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def mailbox() -> Iterator[Mailbox]:
-    """An SMTP server on 127.0.0.1 (no TLS, no auth) that keeps every message it receives."""
-    box = Mailbox(port=_free_port())
-    controller = Controller(box, hostname="127.0.0.1", port=box.port)
-    controller.start()
-    try:
-        yield box
-    finally:
-        controller.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -266,7 +228,7 @@ def test_a_run_failing_only_its_audit_is_left_to_the_audit_alert(
 
 
 def _dead_portal() -> dict[str, str]:
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there: the portal is down
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the portal is down
     return {"web_url": url, "base_url": url, "username": "u", "password": "portal-Secret-42"}
 
 

@@ -11,23 +11,17 @@ re-counted by a query written here independently of `app.reports`.
 import argparse
 import asyncio
 import datetime as dt
-import email
-import email.policy
 import shutil
-import socket
 import struct
 import subprocess
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TypeVar
 
 import dagster as dg
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -39,6 +33,7 @@ from app.reports import ReportSet, build_reports
 from app.reports.deliver import add_recipient, deliver_reports, import_recipients
 from app.reports.kpis import HISTORY_NOTE
 from app.settings import Settings, load_settings
+from tests.smtp_server import Mailbox
 
 T = TypeVar("T")
 D = dt.date(2026, 11, 20)
@@ -508,36 +503,6 @@ def test_the_pdf_rasterises_to_a_non_blank_page(built: ReportSet, tmp_path: Path
 
 
 # ----------------------------------------------------------------------------- delivery
-
-
-@dataclass
-class Mailbox:
-    port: int
-    messages: list[EmailMessage] = field(default_factory=list)
-    envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        raw = (envelope.original_content or envelope.content).replace(b"\r\n", b"\n")
-        parsed = email.message_from_bytes(raw, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
-        return "250 OK"
-
-
-@pytest.fixture
-def mailbox() -> Iterator[Mailbox]:
-    """An SMTP server on 127.0.0.1 (no TLS, no auth) that keeps every message (as test_alerts)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    box = Mailbox(port=port)
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield box
-    finally:
-        controller.stop()
 
 
 def smtp_settings(port: int | None) -> Settings:
