@@ -215,6 +215,22 @@ class PortalSimulator:
         other = self.other_store(store_code)
         return data.damaged_body(self.config, report_key, store_code, day, mode, faults, other)
 
+    def served_body(
+        self,
+        report_key: str,
+        store_code: str,
+        day: dt.date | None = None,
+        *,
+        all_faults: bool = False,
+    ) -> "data.DamagedBody":
+        """The body this portal sends for that report, store and date, with what it damages.
+
+        With the store's always (`*`) body tokens applied; `all_faults=True` applies the
+        counted ones too (the body of the first N requests). HTTP faults are not reflected.
+        """
+        faults = self.body_faults(report_key, store_code, all_faults=all_faults)
+        return self._body(report_key, store_code, day or self._today, faults)
+
     def served_bytes(
         self,
         report_key: str,
@@ -223,13 +239,8 @@ class PortalSimulator:
         *,
         all_faults: bool = False,
     ) -> bytes:
-        """The exact body this portal sends for that report, store and date.
-
-        With the store's always (`*`) body tokens applied; `all_faults=True` applies the
-        counted ones too (the body of the first N requests). HTTP faults are not reflected.
-        """
-        faults = self.body_faults(report_key, store_code, all_faults=all_faults)
-        return self._body(report_key, store_code, day or self._today, faults).body
+        """The exact body this portal sends (see `served_body`)."""
+        return self.served_body(report_key, store_code, day, all_faults=all_faults).body
 
     def fault_lines(
         self,
@@ -240,8 +251,9 @@ class PortalSimulator:
         all_faults: bool = False,
     ) -> list[int]:
         """Physical lines (1 = header) of `served_bytes` where a damaged record begins."""
-        faults = self.body_faults(report_key, store_code, all_faults=all_faults)
-        return list(self._body(report_key, store_code, day or self._today, faults).fault_lines)
+        return list(
+            self.served_body(report_key, store_code, day, all_faults=all_faults).fault_lines
+        )
 
     def damaged_records(
         self,
@@ -252,9 +264,9 @@ class PortalSimulator:
         all_faults: bool = False,
     ) -> list[int]:
         """0-based indices into `served_rows` of the records `served_bytes` damages."""
-        faults = self.body_faults(report_key, store_code, all_faults=all_faults)
-        body = self._body(report_key, store_code, day or self._today, faults)
-        return list(body.damaged_records)
+        return list(
+            self.served_body(report_key, store_code, day, all_faults=all_faults).damaged_records
+        )
 
     def served_rows(
         self, report_key: str, store_code: str, day: dt.date | None = None
