@@ -139,16 +139,26 @@ FROM {_q(stage_name)} s LEFT JOIN LATERAL (
   SELECT * FROM {target} r WHERE {_key_join("r", "s", keys)} LIMIT 1
 ) t ON true
 WHERE t.run_date IS NULL OR t.run_date <= {d}""",
+        # D's own new/changed rows of the keys a rerun rewrites. Reached per key through the
+        # (keys..., run_date) index only: the run_date filter sits outside an OFFSET 0 fence,
+        # so no plan can scan all of D's history (which grows with every batch of the load
+        # and has no statistics yet) once per batch. The rows are then deleted by their ctid (a
+        # TID scan, never a scan of the table); safe within this one statement, and no other
+        # transaction writes D's history of this bucket (the load's advisory lock).
+        "hist_d": f"""
+SELECT x.*
+FROM hist_cand c CROSS JOIN LATERAL (
+  SELECT h.ctid AS row_tid, {h_keys}, h.run_date, h.change, h.column_name, h.old_value
+  FROM {hist} h WHERE {_key_join("h", "c", keys)} OFFSET 0
+) x
+WHERE c.rerun AND NOT c.same AND x.run_date = {d} AND x.change <> 'gone'""",
         "hist_prior": f"""
 SELECT {h_keys}, bool_or(h.change = 'new') AS was_new,
        jsonb_object_agg(h.column_name, h.old_value) FILTER (WHERE h.change = 'changed') AS olds
-FROM {hist} h JOIN hist_cand c ON {_key_join("h", "c", keys)}
-WHERE c.rerun AND NOT c.same AND h.run_date = {d} AND h.change <> 'gone'
+FROM hist_d h
 GROUP BY {h_keys}""",
         "hist_dropped": f"""
-DELETE FROM {hist} h USING hist_cand c
-WHERE {_key_join("h", "c", keys)} AND c.rerun AND NOT c.same
-  AND h.run_date = {d} AND h.change <> 'gone'""",
+DELETE FROM {hist} h WHERE h.ctid = ANY (ARRAY(SELECT row_tid FROM hist_d))""",
         "hist_base": f"""
 SELECT c.*, coalesce(p.was_new, false) AS is_new, p.olds
 FROM hist_cand c LEFT JOIN hist_prior p USING ({kcols})

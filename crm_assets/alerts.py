@@ -7,11 +7,12 @@ Three sensors, one e-mail per problem:
   failed executions already reported (not an id watermark: execution ids are assigned when a
   run is planned, not when its check finishes), and a tick that could not send keeps the
   cursor, so the next tick sends again.
-- `crm_run_failure_alert`: a failed run of `crm_daily`, `crm_daily_<bucket>` or `crm_cleanup`
-  (`@run_failure_sensor`). A failure that only consists of failed audit checks is left to the
-  audit alert (a blocking check fails its run, which would otherwise mean two e-mails); a run
-  that Dagster will retry (run_retries in dagster.yaml) is reported only when its last attempt
-  fails.
+- `crm_run_failure_alert`: a failed run of any job of this code location (`@run_failure_sensor`
+  with no job filter): `crm_daily`, `crm_daily_<bucket>`, `crm_cleanup`, `crm_reports`, and the
+  runs the UI's "Materialize" and backfills launch as Dagster's implicit asset job. A failure
+  that only consists of failed audit checks is left to the audit alert (a blocking check fails
+  its run, which would otherwise mean two e-mails); a run that Dagster will retry (run_retries
+  in dagster.yaml) is reported only when its last attempt fails.
 - `crm_cutoff_alert`: once a day after `CATCHUP_CUTOFF`, if some bucket of today has no passed
   audit (the catch-up schedule has stopped trying; the CRM misses a day of data).
 
@@ -28,7 +29,6 @@ from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecord,
     AssetCheckExecutionRecordStatus,
@@ -42,16 +42,10 @@ from app.json_logger import log_event
 from app.run_lock import holder_of
 from app.settings import Settings, load_settings
 from crm_assets.catchup import BUCKETS, PARTITION_TAG
-from crm_assets.cleanup import cleanup_job
-from crm_assets.jobs import DAILY_JOB, bucket_jobs, daily_job
+from crm_assets.jobs import DAILY_JOB
 from crm_assets.keys import AUDIT, AUDIT_CHECK, bucket_of, key
 from crm_resources.run_info import pipeline_run_id
 
-MONITORED_JOBS: list[dg.JobDefinition | UnresolvedAssetJobDefinition] = [
-    daily_job,
-    *bucket_jobs,
-    cleanup_job,
-]
 CHECK_FAILED_ERROR = "DagsterAssetCheckFailedError"
 # Dagster's wrappers around the user's exception (a step that exhausted its RetryPolicy fails
 # with RetryRequestedFromPolicy, whose cause is the real error; `without_retry` is a Failure).
@@ -163,10 +157,9 @@ def _read_audits(settings: Settings, read: Any) -> tuple[list[Any], str | None]:
 
 @dg.run_failure_sensor(
     name="crm_run_failure_alert",
-    monitored_jobs=MONITORED_JOBS,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="E-mails ALERT_TO when a run of crm_daily, crm_daily_<bucket> or crm_cleanup fails",
+    description="E-mails ALERT_TO when a run of this code location fails (UI runs included)",
 )
 def run_failure_alert(context: dg.RunFailureSensorContext) -> dg.SkipReason | None:
     failure = run_failure_of(context)

@@ -8,6 +8,7 @@ from crm_assets.cleanup import cleanup_job, cleanup_on_passed_audit
 from crm_assets.factory import build_all_assets
 from crm_assets.jobs import bucket_jobs, daily_job, daily_schedule
 from crm_assets.loggers import json_console_logger
+from crm_assets.report_sensor import reports_after_failure
 from crm_assets.reports import REPORT_ASSETS, REPORT_JOBS
 from crm_resources import default_resources
 
@@ -18,7 +19,7 @@ defs = dg.Definitions(
     asset_checks=asset_checks,
     jobs=[daily_job, *bucket_jobs, cleanup_job, *REPORT_JOBS],
     schedules=[daily_schedule, *CATCHUP_SCHEDULES],
-    sensors=[cleanup_on_passed_audit, *ALERT_SENSORS],
+    sensors=[cleanup_on_passed_audit, *ALERT_SENSORS, reports_after_failure],
     # Settings-backed, not `dg.EnvVar`: see `crm_resources.default_resources` for why.
     resources=default_resources(),
     # Also the executor of asset selections launched from the UI and of backfills: one process

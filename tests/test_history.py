@@ -180,3 +180,51 @@ async def test_failed_load_leaves_no_history(engine: AsyncEngine, data_dir: Path
     with pytest.raises(IngestError, match="no_boom"):
         await load(engine, data_dir, "missed_leads", D, rows, "r2")
     assert await history(engine, "missed_leads") == before
+
+
+def _scans(plan: dict[str, Any]) -> list[tuple[str, str | None, str | None]]:
+    """(node type, relation, index) of every node of an EXPLAIN (FORMAT JSON) plan tree."""
+    found = [(plan["Node Type"], plan.get("Relation Name"), plan.get("Index Name"))]
+    for child in plan.get("Plans", []):
+        found.extend(_scans(child))
+    return found
+
+
+async def test_a_batch_reaches_dates_history_by_key_only(
+    engine: AsyncEngine, data_dir: Path
+) -> None:
+    """Inside one load, D's history grows with every batch and has no statistics: a batch that
+    found it by `run_date` scanned all of it per batch (a load quadratic in its size). The plan
+    of a late batch of a changed rerun must touch the change table by key or by ctid only."""
+    from app.history import ChangeRecorder
+    from app.ingest import _batches, _plan, _staging_table, upsert_from_staging
+
+    bucket, n = "missed_leads", 4000
+    first = [missed_row("A1", f"P{i}", is_order_placed="0") for i in range(n)]
+    again = [missed_row("A1", f"P{i}", is_order_placed="1") for i in range(n)]
+    stage = _staging_table(bucket)
+    async with engine.connect() as conn, conn.begin():
+        await conn.run_sync(lambda sync_conn: stage.create(sync_conn))
+        upsert = ChangeRecorder(bucket, stage.name, D, "r1").attach(
+            upsert_from_staging(bucket, stage, D, "r1")
+        )
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        for name, rows in (("first", first), ("again", again)):
+            path = write_csv(data_dir / f"{name}.csv", MISSED_HEADER, rows)
+            plan = _plan(bucket, path, MISSED_HEADER)
+            records = [r for b in _batches(bucket, path, plan, n, 0) for r in b.records]
+            await conn.execute(text(f"TRUNCATE {stage.name}"))
+            await driver.copy_records_to_table(
+                stage.name, records=records, columns=[c.name for c in stage.columns]
+            )
+            if name == "first":
+                await conn.execute(upsert)
+        sql = str(upsert.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        explained = (await conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql)).scalar_one()
+    nodes = _scans(explained[0]["Plan"])
+    table = "missed_leads_changes"
+    assert not [n for n in nodes if n[0] == "Seq Scan" and n[1] == table], nodes
+    indexes = {i for _t, _r, i in nodes if i and i.startswith(("ix_" + table, "pk_" + table))}
+    assert indexes, nodes  # the rerun does look D's history up
+    assert indexes == {f"ix_{table}_store_code_pickup_no_run_date"}, indexes
+    assert ("Tid Scan", table, None) in nodes  # the rerun's old rows deleted by their ctid

@@ -224,7 +224,7 @@ def _changes_table(bucket: str, spec: dict[str, Any]) -> Table:
         CheckConstraint(f"change IN ({kinds})", name="change_kind"),
         comment=f"change history of merge bucket {bucket}",
     )
-    Index(None, table.c.run_date)
+    Index(None, table.c["store_code"], table.c.run_date)  # a store's dates (reports, gone)
     Index(None, *[table.c[k] for k in keys], table.c.run_date)
     return table
 
