@@ -541,6 +541,7 @@ def _status_dates(args: argparse.Namespace, settings: Settings) -> list[dt.date]
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from app import status
     from app.run_lock import holder_of
+    from app.settings_dates import today
 
     dates = _status_dates(args, settings)
     url = _database(settings)
@@ -556,6 +557,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         audits,
         run_info=lambda ids: _dagster_runs(settings, ids),
         running=running,
+        today=today(settings),
     )
     if args.json or not sys.stdout.isatty():
         status.write_json_lines(status.status_lines(report), sys.stdout)

@@ -30,6 +30,7 @@ from app.downloader.core import BucketDownload
 from app.json_logger import log_event
 from app.rejects import FileProblem
 from app.run_context import RunContext
+from app.settings_dates import portal_serves_date
 
 T = TypeVar("T")
 
@@ -45,13 +46,6 @@ def raw_name(spec_key: str, store_code: str) -> str:
 def raw_path(data_dir: Path, run_date: dt.date, spec_key: str, store_code: str) -> Path:
     """Where an operator drops a report by hand: `DATA_DIR/<date>/<out_name>` (stable)."""
     return date_dir(data_dir, run_date) / raw_name(spec_key, store_code)
-
-
-def portal_serves_date(bucket: str, run_date: dt.date, today: dt.date) -> bool:
-    """The portal serves current data only, unless a report's URL takes a `{date}`."""
-    if run_date == today:
-        return True
-    return all("{date}" in spec["url_template"] for spec in file_specs_for_bucket(bucket).values())
 
 
 @dataclass(frozen=True)
@@ -74,6 +68,7 @@ class RawFiles:
     error: str | None = None
     origin: dict[str, str] = field(default_factory=dict)
     taken_from: dict[str, str] = field(default_factory=dict)
+    not_servable: bool = False  # a past date the portal cannot serve, and nothing kept
 
     @property
     def download_total(self) -> int:
@@ -286,10 +281,12 @@ def _with_error(raw: RawFiles, ctx: RunContext) -> RawFiles:
         return raw
     return dataclasses.replace(
         raw,
+        not_servable=True,
         error=(
-            f"the portal only serves current data (today is {ctx.today.isoformat()}) and no "
-            f"raw {raw.bucket} files for {ctx.run_date.isoformat()} are kept under "
-            f"{ctx.date_dir}; nothing to reprocess"
+            f"not servable: the portal only serves current data (today is "
+            f"{ctx.today.isoformat()}) and no raw {raw.bucket} files for "
+            f"{ctx.run_date.isoformat()} are kept under {ctx.date_dir}; nothing to reprocess "
+            f"(a report saved from the portal by hand can be dropped there)"
         ),
     )
 

@@ -407,7 +407,13 @@ def _root_error(error: Any) -> Any:
 def _root_message(root: Any) -> str:
     if root is None:
         return "step failed"
-    return (root.message or "").strip().splitlines()[0] if root.message else root.cls_name or ""
+    if not root.message:
+        return root.cls_name or ""
+    line: str = root.message.strip().splitlines()[0]
+    # A bare dg.Failure is our own sentence: drop Dagster's "dagster._core....Failure: " prefix.
+    if root.cls_name == "Failure" and ".Failure: " in line:
+        line = line.split(".Failure: ", 1)[1]
+    return line
 
 
 def _cleanup_passed(outcome: RunOutcome, url: Any, ctx: RunContext) -> None:

@@ -1,11 +1,12 @@
 """Dates the settings imply: the first daily partition, and "today" in the franchise timezone.
 
 Kept apart from `app.settings` (which only parses the environment) so that the CLI, the
-partitions and the status report share one answer to "how far back can a run go".
+partitions, the raw step and the status report share one answer to "how far back can a run go".
 """
 
 import datetime as dt
 
+from app.config import file_specs_for_bucket
 from app.settings import Settings
 
 
@@ -23,3 +24,10 @@ def first_partition(settings: Settings) -> dt.date:
     if settings.go_live_date is not None:
         return settings.go_live_date
     return today(settings).replace(day=1)
+
+
+def portal_serves_date(bucket: str, run_date: dt.date, today: dt.date) -> bool:
+    """The portal serves current data only, unless every report's URL takes a `{date}`."""
+    if run_date == today:
+        return True
+    return all("{date}" in spec["url_template"] for spec in file_specs_for_bucket(bucket).values())

@@ -27,6 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.audit import PASSED, AuditRecord
 from app.config import BUCKETS, FILE_SPECS, merged_name
 from app.db.models import IngestReject, PipelineAudit
+from app.settings_dates import portal_serves_date
+
+NOT_SERVABLE = "not servable"
 
 # ---- what the loaders and the disk scan return -------------------------------------------
 
@@ -336,6 +339,25 @@ def build_bucket(
     )
 
 
+def not_servable(
+    line: BucketStatus, files: Sequence[FileOnDisk], today: dt.date | None
+) -> BucketStatus:
+    """A past date with no passed audit and no raw file to reprocess can never be filled from
+    the portal: say so, instead of leaving it to read as an unexplained failure or gap."""
+    if today is None or line.verdict == PASSED or line.bucket is None:
+        return line
+    if portal_serves_date(line.bucket, line.run_date, today) or any(
+        f.bucket == line.bucket and f.kind == "raw" for f in files
+    ):
+        return line
+    why = (
+        f"the portal only serves current data (today is {today.isoformat()}) and no raw "
+        f"{line.bucket} file of this date is kept; a report saved from the portal by hand can "
+        f"be dropped into DATA_DIR/{line.run_date.isoformat()}/"
+    )
+    return dataclasses.replace(line, verdict=NOT_SERVABLE, reason=why)
+
+
 def build_date(
     run_date: dt.date,
     data_dir: Path,
@@ -343,6 +365,7 @@ def build_date(
     files: Sequence[FileOnDisk],
     runs: Mapping[str, RunInfo],
     running: str | None = None,
+    today: dt.date | None = None,
 ) -> list[BucketStatus]:
     """Every bucket of one date (plus a line for files of no bucket, if any)."""
     of_run = {(a.run_id, a.bucket): a for a in audits if a.run_date == run_date}
@@ -355,7 +378,10 @@ def build_date(
         own = of_run.get((f.run_id or "", f.bucket or ""))
         why = why_kept(f, own, runs.get(f.run_id or ""), running)
         kept.setdefault(f.bucket, []).append(KeptFile(_relative(f.path, data_dir), f.size, why))
-    out = [build_bucket(run_date, b, latest.get(b), kept.get(b, []), runs) for b in BUCKETS]
+    out = [
+        not_servable(build_bucket(run_date, b, latest.get(b), kept.get(b, []), runs), files, today)
+        for b in BUCKETS
+    ]
     if None in kept:
         out.append(BucketStatus(run_date, None, verdict="-", kept_files=kept[None]))
     return out
@@ -368,10 +394,11 @@ def build_report(
     *,
     run_info: Callable[[set[str]], Mapping[str, RunInfo]],
     running: Callable[[dt.date], str | None],
+    today: dt.date | None = None,
 ) -> StatusReport:
     """The report of these dates from their audits (`audits_of`) and the disk; `run_info` asks
     Dagster about the runs found, `running` names the run holding a date now (both may know
-    nothing)."""
+    nothing); with `today`, past dates the portal cannot serve are marked `not servable`."""
     files = {day: scan_date(data_dir, day) for day in dates}
     run_ids = {a.run_id for a in audits} | {
         f.run_id for found in files.values() for f in found if f.run_id
@@ -380,7 +407,7 @@ def build_report(
     buckets = [
         b
         for day in sorted(dates, reverse=True)
-        for b in build_date(day, data_dir, audits, files[day], runs, running(day))
+        for b in build_date(day, data_dir, audits, files[day], runs, running(day), today)
     ]
     return StatusReport(data_dir.resolve(), buckets, disk_usage(data_dir))
 
@@ -428,6 +455,9 @@ def _run_cell(b: BucketStatus) -> str:
     return " ".join(p for p in parts if p)
 
 
+_VERDICT_STYLE = {PASSED: "green", NOT_SERVABLE: "yellow", "no run": "default"}
+
+
 def render_status(report: StatusReport, console: Any) -> None:
     """A rich table per date for a person at a terminal; kept files listed under it. Every
     value is plain text (a reason or a file name may hold `[...]`, which is not markup)."""
@@ -444,7 +474,7 @@ def render_status(report: StatusReport, console: Any) -> None:
             table.add_row(
                 Text(b.bucket or "(other files)"),
                 Text(_run_cell(b)),
-                Text(b.verdict, style="green" if b.verdict == PASSED else "red"),
+                Text(b.verdict, style=_VERDICT_STYLE.get(b.verdict, "red")),
                 Text(f"{_cell(b.quarantined)}/{_cell(b.blocking)}"),
                 Text(_cell(b.cleanup)),
                 Text(f"{len(b.kept_files)} ({human_size(b.kept_bytes)})" if b.kept_files else "-"),
@@ -452,7 +482,8 @@ def render_status(report: StatusReport, console: Any) -> None:
         console.print(table)
         for b in rows:
             if b.reason and b.verdict != PASSED:
-                console.print(Text.assemble((f"{b.bucket}", "red"), f": {b.reason}"))
+                style = _VERDICT_STYLE.get(b.verdict, "red")
+                console.print(Text.assemble((f"{b.bucket}", style), f": {b.reason}"))
             for f in b.kept_files:
                 console.print(Text(f"  kept {f.path} ({human_size(f.size)}): {f.why}"))
     d = report.disk

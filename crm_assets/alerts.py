@@ -12,7 +12,9 @@ Three sensors, one e-mail per problem:
   runs the UI's "Materialize" and backfills launch as Dagster's implicit asset job. A failure
   that only consists of failed audit checks is left to the audit alert (a blocking check fails
   its run, which would otherwise mean two e-mails); a run that Dagster will retry (run_retries
-  in dagster.yaml) is reported only when its last attempt fails.
+  in dagster.yaml) is reported only when its last attempt fails; a run of a date the portal no
+  longer serves (`crm/not_servable`, nothing kept) is a request that cannot be met, not an
+  outage, and sends nothing.
 - `crm_cutoff_alert`: once a day after `CATCHUP_CUTOFF`, if some bucket of today has no passed
   audit (the catch-up schedule has stopped trying; the CRM misses a day of data).
 
@@ -44,7 +46,7 @@ from app.settings import Settings, load_settings
 from crm_assets.catchup import BUCKETS, PARTITION_TAG
 from crm_assets.jobs import DAILY_JOB
 from crm_assets.keys import AUDIT, AUDIT_CHECK, bucket_of, key
-from crm_resources.run_info import pipeline_run_id
+from crm_resources.run_info import NOT_SERVABLE_TAG, pipeline_run_id
 
 CHECK_FAILED_ERROR = "DagsterAssetCheckFailedError"
 # Dagster's wrappers around the user's exception (a step that exhausted its RetryPolicy fails
@@ -130,6 +132,8 @@ def run_failure_of(
     run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
     if run.tags.get(WILL_RETRY_TAG) == "true":
         return dg.SkipReason(f"run {run.run_id} will be retried by Dagster (run_retries)")
+    if run.tags.get(NOT_SERVABLE_TAG) == "true":
+        return dg.SkipReason(f"run {run.run_id}: a date the portal no longer serves (no outage)")
     errors = _step_errors(context)
     if errors and all(e.cls_name == CHECK_FAILED_ERROR for _, e in errors):
         return dg.SkipReason(f"run {run.run_id}: only audit checks failed (the audit alert)")

@@ -49,7 +49,7 @@ from crm_resources import (
     RunOptionsResource,
     StoreScopeResource,
 )
-from crm_resources.run_info import run_context
+from crm_resources.run_info import NOT_SERVABLE_TAG, run_context
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)  # partitioned asset checks
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -149,9 +149,21 @@ def build_download_asset(buckets: Sequence[str]) -> dg.AssetsDefinition:
             if not files.error:
                 yield dg.MaterializeResult(asset_key=key(bucket, RAW), metadata=raw_metadata(files))
         if all(files.error for files in raw.values()):
-            raise dg.Failure("; ".join(f.error or "" for f in raw.values()), allow_retries=False)
+            raise _all_failed(context, list(raw.values()))
 
     return portal_reports
+
+
+def _all_failed(context: dg.AssetExecutionContext, raw: list[RawFiles]) -> dg.Failure:
+    """No bucket has anything to merge; a date the portal cannot serve is tagged as such."""
+    not_servable = all(f.not_servable for f in raw)
+    if not_servable:
+        context.instance.add_run_tags(context.run.run_id, {NOT_SERVABLE_TAG: "true"})
+    return dg.Failure(
+        "; ".join(f.error or "" for f in raw),
+        allow_retries=False,
+        metadata={"not_servable": not_servable},
+    )
 
 
 async def _acquire(

@@ -7,8 +7,8 @@ their own (one per failed run: the run key names it). It watches every job of th
 location, so runs launched from the UI's "Materialize" and backfills count as well as
 `crm_daily` and the schedules; in-process CLI runs are not Dagster-launched (`python -m app
 report` is their path). It requests nothing when the report step ran (succeeded, or failed on
-its own: the run-failure alert reports that), when the run did not include the reports, or when
-Dagster will retry the run (the retry builds them).
+its own: the run-failure alert reports that), when the run did not include the reports, when
+Dagster will retry the run (the retry builds them), or for a date the portal no longer serves.
 """
 
 import dagster as dg
@@ -18,7 +18,7 @@ from crm_assets.alerts import WILL_RETRY_TAG
 from crm_assets.catchup import PARTITION_TAG
 from crm_assets.jobs import DAILY_JOB
 from crm_assets.reports import REPORTS_KEY, reports_job
-from crm_resources.run_info import SOURCE_TAG
+from crm_resources.run_info import NOT_SERVABLE_TAG, SOURCE_TAG
 
 REPORT_STEP = "reports__store_reports"
 AFTER_TAG = "crm/reports_after"
@@ -36,7 +36,9 @@ def reports_left_out(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | 
     partition = run.tags.get(PARTITION_TAG)
     if run.job_name == reports_job.name or not partition:
         return None
-    if run.tags.get(WILL_RETRY_TAG) == "true" or not _included_reports(run):
+    if run.tags.get(WILL_RETRY_TAG) == "true" or run.tags.get(NOT_SERVABLE_TAG) == "true":
+        return None
+    if not _included_reports(run):
         return None
     stats = {s.step_key: s.status for s in instance.get_run_step_stats(run.run_id)}
     if stats.get(REPORT_STEP, StepEventStatus.SKIPPED) != StepEventStatus.SKIPPED:

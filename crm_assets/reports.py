@@ -4,7 +4,8 @@
 run it is built after the audits of the date are written and their checks evaluated. If a
 blocking `audit_passed` check fails in that run, Dagster skips it there; the run-failure sensor
 `crm_assets.report_sensor` then launches `crm_reports` for the date, whose reports say which
-bucket is not reconciled and why (as do the UI and `python -m app report`). The bodies only call `app.reports`, the CLI's code path.
+bucket is not reconciled and why (as do the UI and `python -m app report`). The bodies only
+call `app.reports`, the CLI's code path.
 
 `deliveries` mails each store its PDF when SMTP is configured (recipients in
 `report_recipients`); a re-materialization never mails a recipient twice for a date.

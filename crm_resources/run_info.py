@@ -19,6 +19,10 @@ from app.settings import load_settings
 
 TODAY_TAG = "crm/today"
 SOURCE_TAG = "crm/source"
+# Set by the raw step on a run whose date the portal cannot serve and that has nothing kept:
+# the run fails as the design says, but it is a request for an impossible date, not an outage,
+# so the failure sensors (alerts, reports) leave it alone and the Runs list can filter on it.
+NOT_SERVABLE_TAG = "crm/not_servable"
 
 
 def pipeline_run_id(run: dg.DagsterRun) -> str:

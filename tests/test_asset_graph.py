@@ -268,6 +268,24 @@ def test_past_date_without_kept_files_fails_with_a_clear_message(
     summary = outcome.buckets["repeat_customers"]
     assert outcome.exit_code == 1
     assert summary.error and "only serves current data" in summary.error
+    assert summary.error.startswith("not servable: ")
+    # the run is tagged as a date that cannot be served: no alert e-mail, no reports run
+    from crm_assets.alerts import run_failure_of
+    from crm_assets.report_sensor import report_request
+
+    with dg.DagsterInstance.get() as instance:
+        run = instance.get_run_by_id(outcome.run_id)
+        assert run is not None and run.tags.get("crm/not_servable") == "true"
+        (event,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        context = dg.build_run_status_sensor_context(
+            sensor_name="crm_run_failure_alert",
+            dagster_event=event.get_dagster_event(),
+            dagster_instance=instance,
+            dagster_run=run,
+        ).for_run_failure()
+        skipped = run_failure_of(context)
+        assert isinstance(skipped, dg.SkipReason) and "no longer serves" in str(skipped)
+        assert report_request(instance, run) is None
 
 
 def test_dry_run_writes_nothing_and_keeps_files(

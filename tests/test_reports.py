@@ -668,3 +668,32 @@ def test_the_dagster_asset_materializes_with_headline_metadata(
     index = meta["index"].value
     assert "| A1 | 5 | 2 | 40\\.0 | 7 | 402\\.75 | 3 | 7 | \\- |" in index
     assert "<script" not in index
+
+
+def test_a_section_heading_never_ends_a_page_alone(tmp_path: Path) -> None:
+    """A heading that still fits at the foot of a page moves with its table to the next one."""
+    from reportlab.lib.pagesizes import A4
+    from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer
+
+    from app.reports.pdf import H2, _table
+
+    path = tmp_path / "heading.pdf"
+    doc = SimpleDocTemplate(str(path), pagesize=A4)
+    rows = [[f"L{i}", "Ravi", "9000000000"] for i in range(8)]
+    doc.build(
+        [
+            Spacer(1, doc.height - 55),
+            Paragraph("Leads to call (8)", H2),
+            _table(["a", "b", "c"], rows),
+        ]
+    )
+    pdftotext = _tool("pdftotext", "apt-get install -y poppler-utils")
+
+    def page(n: int) -> str:
+        return subprocess.run(
+            [pdftotext, "-f", str(n), "-l", str(n), str(path), "-"],
+            check=True, capture_output=True, timeout=60, text=True,
+        ).stdout  # fmt: skip
+
+    assert "Leads to call" not in page(1)
+    assert "Leads to call" in page(2) and "L0" in page(2)

@@ -194,10 +194,16 @@ def test_status_over_several_days_and_an_empty_day(seeded) -> None:
     assert done.returncode == 0, done.stderr
     rows = [r for r in _json_lines(done.stdout) if r["kind"] == "bucket"]
     assert sorted({r["run_date"] for r in rows}) == ["2026-11-18", "2026-11-19", "2026-11-20"]
+    # a past day with no run and nothing kept: the portal can no longer serve it
     empty = [r for r in rows if r["run_date"] == "2026-11-19"]
     assert [(r["verdict"], r["run_id"], r["kept_files"]) for r in empty] == [
-        ("no run", None, [])
+        ("not servable", None, [])
     ] * len(BUCKETS)
+    assert all("only serves current data" in r["reason"] for r in empty)
+    assert "DATA_DIR/2026-11-19/" in empty[0]["reason"]
+    # today has not run yet: that is a gap to fill, not an impossible date
+    today = [r for r in _json_lines(cli(["status"], seeded).stdout) if r["kind"] == "bucket"]
+    assert {r["verdict"] for r in today} == {"no run"}
     bad = cli(["status", "--days", "0"], seeded)
     assert bad.returncode == 2 and "--days" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -17,7 +17,9 @@ from app.reports.kpis import AGEING_BANDS, TrendPoint
 from app.reports.render import fmt, para_text
 
 _styles = getSampleStyleSheet()
-H1, H2, BODY = _styles["Title"], _styles["Heading2"], _styles["BodyText"]
+H1, BODY = _styles["Title"], _styles["BodyText"]
+# A section heading never ends a page alone: it moves with the table or chart it introduces.
+H2 = ParagraphStyle("section", parent=_styles["Heading2"], keepWithNext=1)
 SMALL = ParagraphStyle("small", parent=BODY, fontSize=8, leading=10)
 WARN = ParagraphStyle("warn", parent=BODY, textColor=colors.HexColor("#9a1b1b"))
 
