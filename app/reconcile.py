@@ -1,19 +1,31 @@
 """One bucket's audit step: measure every count from its own source, judge, record.
 
-Called after the load committed (see `app.audit` for what is measured from where). A step that
-failed earlier still leaves an audit row saying why (`record_failure`), and every file is kept.
+See `app.audit` for what is measured from where. A step that failed earlier still leaves an
+audit row saying why (`record_failure`), and every file is kept.
+
+When: the measurements need the server to parse every raw file and the merged file again, which
+alone costs ~15% of a large load. None of that depends on the load, so `load_and_measure` runs
+it *while* the load runs (a thread with its own event loop and engine: the load's parsing keeps
+its own loop busy on purpose), and only the read-back of the table waits for the commit. The
+audit step then judges those measures (`audit_bucket(..., measured=...)`). The raw measure
+leaves out the records the merge rejected; if the rejects changed by the audit (they should
+not), the audit measures the raw files again rather than judge with a stale exclusion.
 """
 
 import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit import FAILED, AuditRecord, Counts, build_manifest, evaluate, save_audit
+from app.db.engine import create_engine
 from app.ingest import IngestResult
 from app.json_logger import log_event
-from app.measure import LoadMeasure, RawMeasure, measure_load, measure_raw
+from app.measure import LoadMeasure, RawMeasure, measure_load, measure_raw, staged_merged
 from app.merger import MergeResult
 from app.pipeline import RawFiles
 from app.reject_store import first_rejects, reject_counts, rejected_records
@@ -22,22 +34,139 @@ from app.run_context import RunContext
 EMPTY_DAY = "every store returned an empty report: check that the portal knows these store codes"
 
 
+@dataclass(frozen=True)
+class Measured:
+    """The raw and load measures of one bucket, taken alongside its load (step result)."""
+
+    raw: RawMeasure
+    load: LoadMeasure
+    exclude: dict[str, list[int]]  # the rejected records the raw measure left out
+
+
+def _exclude_key(exclude: Mapping[str, Collection[int]]) -> dict[str, list[int]]:
+    return {store: sorted(ordinals) for store, ordinals in sorted(exclude.items()) if ordinals}
+
+
+def _raw_files(merge: MergeResult) -> dict[str, Path]:
+    return {store: Path(path) for store, path in merge.merged_stores.items()}
+
+
+async def _exclusions(engine: AsyncEngine, ctx: RunContext, bucket: str) -> dict[str, set[int]]:
+    async with engine.connect() as conn:
+        exclude = await rejected_records(conn, ctx.run_id, bucket, ctx.run_date)
+        await conn.commit()
+    return exclude
+
+
+async def _measure_beside(
+    engine: AsyncEngine,
+    ctx: RunContext,
+    merge: MergeResult,
+    exclude: Mapping[str, Collection[int]],
+    committed: threading.Event,
+    load_ok: threading.Event,
+) -> Measured | None:
+    """Both measures; the read-back only once the load has committed (None if it failed)."""
+    files = _raw_files(merge)
+
+    async def raw() -> RawMeasure:
+        async with engine.connect() as conn:
+            return await measure_raw(conn, merge.bucket, files, exclude)
+
+    async def load() -> LoadMeasure | None:
+        async with (
+            engine.connect() as conn,
+            staged_merged(conn, merge.bucket, merge.path, materialize=True) as staged,
+        ):
+            await asyncio.to_thread(committed.wait)
+            if not load_ok.is_set():
+                return None
+            return await staged.read_back(run_id=ctx.run_id, run_date=ctx.run_date)
+
+    raw_measure, load_measure = await asyncio.gather(raw(), load())
+    if load_measure is None:
+        return None
+    return Measured(raw_measure, load_measure, _exclude_key(exclude))
+
+
+def _in_thread(url: Any, work: Callable[[AsyncEngine], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        engine = create_engine(url, pool_size=2)
+        try:
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+async def load_and_measure(
+    engine: AsyncEngine,
+    ctx: RunContext,
+    merge: MergeResult,
+    load: Callable[[], Awaitable[IngestResult]],
+) -> tuple[IngestResult, Measured | None]:
+    """Run `load()` (the ingest of `merge.path`) with both measures taken alongside it.
+
+    The measures are None when they could not be taken (the audit then measures itself); a
+    failed load is re-raised after the measuring side has let go of its sessions."""
+    exclude = await _exclusions(engine, ctx, merge.bucket)
+    committed, load_ok = threading.Event(), threading.Event()
+    side = asyncio.ensure_future(
+        asyncio.to_thread(
+            _in_thread,
+            engine.url,
+            lambda side_engine: _measure_beside(
+                side_engine, ctx, merge, exclude, committed, load_ok
+            ),
+        )
+    )
+    try:
+        loaded = await load()
+        load_ok.set()
+    finally:
+        committed.set()
+        if not load_ok.is_set():
+            await asyncio.gather(side, return_exceptions=True)
+    try:
+        measured: Measured | None = await side
+    except Exception as exc:  # the audit measures again; the load itself is fine
+        log_event(
+            "audit",
+            f"measuring alongside the load failed ({type(exc).__name__}: {exc}); "
+            "the audit measures after the load instead",
+            status="warn",
+            bucket=merge.bucket,
+            date=ctx.run_date,
+        )
+        measured = None
+    return loaded, measured
+
+
 async def measure_counts(
-    engine: AsyncEngine, ctx: RunContext, merge: MergeResult, ingest: IngestResult
+    engine: AsyncEngine,
+    ctx: RunContext,
+    merge: MergeResult,
+    ingest: IngestResult,
+    measured: Measured | None = None,
 ) -> Counts:
     """Every number of the audit, each from its own source (server-side parsers and queries)."""
     bucket = merge.bucket
-    files = {store: Path(path) for store, path in merge.merged_stores.items()}
+    files = _raw_files(merge)
     async with engine.connect() as conn:
         exclude = await rejected_records(conn, ctx.run_id, bucket, ctx.run_date)
         quarantined, blocking = await reject_counts(conn, ctx.run_id, bucket, ctx.run_date)
         await conn.commit()
 
     async def _raw() -> RawMeasure:
+        if measured is not None and measured.exclude == _exclude_key(exclude):
+            return measured.raw
         async with engine.connect() as conn:
             return await measure_raw(conn, bucket, files, exclude)
 
     async def _load() -> LoadMeasure:
+        if measured is not None:
+            return measured.load
         async with engine.connect() as conn:
             return await measure_load(
                 conn, bucket, merge.path, run_id=ctx.run_id, run_date=ctx.run_date
@@ -92,10 +221,16 @@ def failed_stores(raw: RawFiles, merge: MergeResult | None) -> dict[str, str]:
 
 
 async def audit_bucket(
-    engine: AsyncEngine, ctx: RunContext, raw: RawFiles, merge: MergeResult, ingest: IngestResult
+    engine: AsyncEngine,
+    ctx: RunContext,
+    raw: RawFiles,
+    merge: MergeResult,
+    ingest: IngestResult,
+    measured: Measured | None = None,
 ) -> AuditRecord:
-    """Measure, judge and write the audit of one bucket (after its load committed)."""
-    counts = await measure_counts(engine, ctx, merge, ingest)
+    """Judge and write the audit of one bucket (after its load committed), from the measures
+    taken alongside the load, or measured now when there are none."""
+    counts = await measure_counts(engine, ctx, merge, ingest, measured)
     status, reason = evaluate(counts)
     manifest, missing = _manifest(raw, merge)
     if missing:

@@ -59,6 +59,18 @@ def load_result(ctx: RunContext, cls: type[T], bucket: str, stage: str) -> T:
     return from_jsonable(cls, data)
 
 
+def maybe_result(ctx: RunContext, cls: type[T], bucket: str, stage: str) -> T | None:
+    """An optional hand-off (one a step may not have produced): None when absent."""
+    data = load_raw_result(ctx, bucket, stage)
+    return None if data is None else from_jsonable(cls, data)
+
+
+def discard_result(ctx: RunContext, bucket: str, stage: str) -> None:
+    """Forget an optional hand-off before the step that writes it runs again (a re-execution
+    of the same run must never hand on what an earlier attempt measured)."""
+    result_path(ctx, bucket, stage).unlink(missing_ok=True)
+
+
 def remove_results(ctx_run_dir: Path, bucket: str) -> None:
     """After a bucket's cleanup: its bookkeeping goes with its files (the audit row stays)."""
     steps = ctx_run_dir / STEPS_DIR

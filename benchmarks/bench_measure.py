@@ -16,12 +16,17 @@ Measured, in this order, in one process:
   measure_load (after the load committed), each `--repeat` times (min and median reported);
 - both at once on two connections (how the audit can run them on two cores);
 - the parse floor: COPY ... WHERE false of the same files (PostgreSQL's CSV parser alone,
-  storing nothing), i.e. what any server-parsed count must cost at least.
+  storing nothing), i.e. what any server-parsed count must cost at least;
+- alongside (the graph's way, `app.reconcile.load_and_measure`): the table emptied, then the
+  same ingest with both measures taken while it runs, alternating with the ingest alone
+  (`--alongside-repeat` pairs). The cost of measuring is the difference of the medians, plus
+  what the audit step still does with those measures (`measure_counts`).
 """
 
 import argparse
 import asyncio
 import csv
+import functools
 import json
 import os
 import random
@@ -155,6 +160,74 @@ async def run(url: str, files: dict[str, Path], merged: Path, repeat: int) -> di
     return report
 
 
+async def _empty_tables(engine: Any) -> None:
+    from sqlalchemy import text
+
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {BUCKET}, {BUCKET}_changes"))
+
+
+async def alongside(
+    url: str, files: dict[str, Path], merged: Path, pairs: int, workdir: Path
+) -> dict[str, Any]:
+    """Ingest alone vs ingest with the audit's measures taken alongside, into an empty table."""
+    from app.db.engine import create_engine
+    from app.ingest import ingest_file
+    from app.merger import MergeResult
+    from app.reconcile import load_and_measure, measure_counts
+    from app.run_context import RunContext
+
+    engine = create_engine(url)
+    ctx = RunContext("bench", D1, D1, workdir)
+    merge = MergeResult(
+        bucket=BUCKET, run_date=D1, path=merged, merged_rows=0, expected_unique=0,
+        download_rows_by_store={}, download_total=0, columns=[], unknown_columns=[],
+        duplicates_dropped=0, duration_ms=0.0,
+        merged_stores={s: str(p) for s, p in files.items()},
+    )  # fmt: skip
+    alone: list[float] = []
+    with_measures: list[float] = []
+    judge: list[float] = []
+    counts: Any = None
+    try:
+        for _ in range(pairs):
+            await _empty_tables(engine)
+            seconds, loaded = await timed(
+                lambda: ingest_file(engine, BUCKET, D1, merged, run_id="bench")
+            )
+            alone.append(seconds)
+            await _empty_tables(engine)
+            seconds, (loaded, measured) = await timed(
+                lambda: load_and_measure(
+                    engine,
+                    ctx,
+                    merge,
+                    lambda: ingest_file(engine, BUCKET, D1, merged, run_id="bench"),
+                )
+            )
+            with_measures.append(seconds)
+            assert measured is not None, "measures could not be taken alongside"
+            seconds, counts = await timed(
+                functools.partial(measure_counts, engine, ctx, merge, loaded, measured)
+            )
+            judge.append(seconds)
+    finally:
+        await engine.dispose()
+    base = statistics.median(alone)
+    cost = statistics.median(with_measures) - base + statistics.median(judge)
+    return {
+        "ingest_alone": _stats(alone),
+        "ingest_with_measures_alongside": _stats(with_measures),
+        "audit_step_with_those_measures": _stats(judge),
+        "cost_s": round(cost, 3),
+        "cost_vs_ingest": round(cost / base, 3),
+        "counts": {
+            k: getattr(counts, k)
+            for k in ("download_total", "merged_rows", "expected_unique", "ingested_rows")
+        },
+    }
+
+
 def _summary(result: Any) -> dict[str, Any]:
     keep = (
         "total", "expected_unique", "keyless_rows", "excluded_rows", "merged_rows", "written",
@@ -171,6 +244,7 @@ def main() -> None:
     ap.add_argument("--stores", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--alongside-repeat", type=int, default=2, help="ingest / alongside pairs")
     args = ap.parse_args()
 
     from app import json_logger
@@ -188,6 +262,10 @@ def main() -> None:
         report["parse_floor_s"] = {
             k: round(v, 3) for k, v in asyncio.run(parse_floor(url, files, merged)).items()
         }
+        if args.alongside_repeat:
+            report["alongside"] = asyncio.run(
+                alongside(url, files, merged, args.alongside_repeat, workdir)
+            )
     finally:
         drop()
     ingest = report["ingest"]["seconds"]

@@ -19,7 +19,7 @@ are skipped, and no database row is written.
 """
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import dagster as dg
@@ -31,13 +31,22 @@ from app.downloader.client import PortalUnavailableError
 from app.ingest import IngestResult, ingest_file
 from app.merger import MergeResult, merge_bucket
 from app.pipeline import RawFiles, acquire_raw_files
-from app.reconcile import EMPTY_DAY, audit_bucket, record_failure
+from app.reconcile import EMPTY_DAY, Measured, audit_bucket, load_and_measure, record_failure
 from app.reject_store import first_rejects, replace_rejects
 from app.report_check import check_file
 from app.run_context import RunContext
 from app.settings import load_settings
-from app.step_results import load_result, save_result
-from crm_assets.keys import AUDIT, AUDIT_CHECK, DOWNLOAD_CHECK, MERGED, RAW, TABLE, key
+from app.step_results import discard_result, load_result, maybe_result, save_result
+from crm_assets.keys import (
+    AUDIT,
+    AUDIT_CHECK,
+    DOWNLOAD_CHECK,
+    MEASURED,
+    MERGED,
+    RAW,
+    TABLE,
+    key,
+)
 from crm_assets.metadata import counts, md_table, rows_by_store_markdown
 from crm_assets.partitions import daily_partitions
 from crm_assets.policies import DOWNLOAD_RETRY_POLICY, without_retry
@@ -245,8 +254,10 @@ def build_bucket_chain(bucket: str) -> tuple[list[dg.AssetsDefinition], list[Any
         ctx = run_context(context, data_dir.root())
         with json_logger.run_context(ctx.run_id):
             merged = load_result(ctx, MergeResult, bucket, MERGED)
-            try:
-                loaded = await ingest_file(
+            discard_result(ctx, bucket, MEASURED)
+
+            def load() -> Awaitable[IngestResult]:
+                return ingest_file(
                     db.engine,
                     bucket,
                     ctx.run_date,
@@ -255,6 +266,12 @@ def build_bucket_chain(bucket: str) -> tuple[list[dg.AssetsDefinition], list[Any
                     batch_size=load_settings().ingest_batch_size,
                     dry_run=options.dry_run,
                 )
+
+            try:
+                if options.dry_run:
+                    loaded, measured = await load(), None
+                else:  # the audit's measures are taken while the load runs
+                    loaded, measured = await load_and_measure(db.engine, ctx, merged, load)
             except Exception as exc:
                 if not options.dry_run:
                     raw = load_result(ctx, RawFiles, bucket, RAW)
@@ -266,6 +283,8 @@ def build_bucket_chain(bucket: str) -> tuple[list[dg.AssetsDefinition], list[Any
                 )
                 return  # no materialization: nothing a later step or the UI could take as real
             save_result(ctx, bucket, TABLE, loaded)
+            if measured is not None:
+                save_result(ctx, bucket, MEASURED, measured)
         yield dg.MaterializeResult(
             metadata=counts(
                 table=table_name,
@@ -295,7 +314,8 @@ def build_bucket_chain(bucket: str) -> tuple[list[dg.AssetsDefinition], list[Any
             raw = load_result(ctx, RawFiles, bucket, RAW)
             merged = load_result(ctx, MergeResult, bucket, MERGED)
             loaded = load_result(ctx, IngestResult, bucket, TABLE)
-            record = await audit_bucket(db.engine, ctx, raw, merged, loaded)
+            measured = maybe_result(ctx, Measured, bucket, MEASURED)
+            record = await audit_bucket(db.engine, ctx, raw, merged, loaded, measured)
         return dg.MaterializeResult(metadata=audit_metadata(record))
 
     return [merged_csv, table, audit], build_checks(bucket)

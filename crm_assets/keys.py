@@ -4,6 +4,7 @@ import dagster as dg
 
 RAW, MERGED, TABLE, AUDIT = "raw_csvs", "merged_csv", "table", "audit"
 AUDIT_CHECK = "audit_passed"
+MEASURED = "measured"  # step result only (not an asset): the audit's measures, from `table`
 DOWNLOAD_CHECK = "all_stores_downloaded"
 
 

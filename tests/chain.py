@@ -5,7 +5,7 @@ trigger on the table, a damaged line in a file) and see what the audit says.
 """
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from app.csv_io import count_records
 from app.ingest import IngestResult, ingest_file
 from app.merger import MergeResult, merge_bucket
 from app.pipeline import RawFiles
-from app.reconcile import audit_bucket
+from app.reconcile import Measured, audit_bucket, load_and_measure
 from app.reject_store import replace_rejects
 from app.run_context import RunContext
 
@@ -49,7 +49,10 @@ async def run_chain(
     run_date: dt.date,
     run_id: str = "r1",
     batch_size: int = 3,
+    alongside: bool = True,
 ) -> Chain:
+    """`alongside`: measure while loading, as the `table` step does (False: the audit measures
+    after the load, its fallback)."""
     ctx = RunContext(run_id, run_date, run_date, data_dir)
     raw = RawFiles(
         bucket=bucket,
@@ -61,8 +64,17 @@ async def run_chain(
     )
     merged = merge_bucket(bucket, run_date, raw.files, data_dir, out_dir=ctx.run_dir)
     await replace_rejects(engine, run_id, bucket, run_date, merged.rejects)
-    loaded = await ingest_file(
-        engine, bucket, run_date, merged.path, run_id=run_id, batch_size=batch_size
-    )
-    audit = await audit_bucket(engine, ctx, raw, merged, loaded)
+
+    def load() -> Awaitable[IngestResult]:
+        return ingest_file(
+            engine, bucket, run_date, merged.path, run_id=run_id, batch_size=batch_size
+        )
+
+    measured: Measured | None = None
+    if alongside:
+        loaded, measured = await load_and_measure(engine, ctx, merged, load)
+        assert measured is not None, "the measures could not be taken alongside the load"
+    else:
+        loaded = await load()
+    audit = await audit_bucket(engine, ctx, raw, merged, loaded, measured)
     return Chain(ctx, raw, merged, loaded, audit)

@@ -71,7 +71,10 @@ def test_blocking_rejects_fail_even_when_the_rest_adds_up() -> None:
 
 
 async def run_bucket(
-    engine: AsyncEngine, data_dir: Path, rows_by_store: dict[str, list[dict[str, object]] | None]
+    engine: AsyncEngine,
+    data_dir: Path,
+    rows_by_store: dict[str, list[dict[str, object]] | None],
+    alongside: bool = True,
 ) -> tuple[Any, list[Path]]:
     folder = run_dir(data_dir, D)
     files: dict[str, Path] = {}
@@ -80,7 +83,7 @@ async def run_bucket(
         files[store] = (
             write_sentinel(path) if rows is None else write_csv(path, MISSED_HEADER, rows)
         )
-    chain = await run_chain(engine, data_dir, files, run_date=D)
+    chain = await run_chain(engine, data_dir, files, run_date=D, alongside=alongside)
     return chain.audit, chain.files
 
 
@@ -155,10 +158,12 @@ async def test_quarantined_row_passes_and_is_kept_in_rejects(
     assert (await cleanup_audit(engine, audit.id, data_dir, run_id="c1")).status == "deleted"  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("alongside", [True, False], ids=["measured-alongside", "measured-after"])
 async def test_a_trigger_that_drops_one_stores_rows_fails_the_audit(
-    engine: AsyncEngine, data_dir: Path
+    engine: AsyncEngine, data_dir: Path, alongside: bool
 ) -> None:
-    """The database loses rows silently: only a count read back from the table can notice."""
+    """The database loses rows silently: only a count read back from the table can notice,
+    whether the measures were taken alongside the load (the graph's way) or after it."""
     async with engine.begin() as conn:
         await conn.execute(
             text(
@@ -179,6 +184,7 @@ async def test_a_trigger_that_drops_one_stores_rows_fails_the_audit(
             "A1": [missed_row("A1", f"P{i}") for i in range(4)],
             "B1": [missed_row("B1", f"Q{i}") for i in range(3)],
         },
+        alongside,
     )
     assert audit.status == "failed"
     assert audit.merged_rows == 7 and audit.ingested_rows == 4 and audit.missing_keys == 3
