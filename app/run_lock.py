@@ -98,6 +98,24 @@ def holder_of(url: URL | str, run_date: dt.date) -> Holder | None:
     return Holder(run_id=run_id, source=source, pid=row[1], since=row[2])
 
 
+def live_run_ids(url: URL | str) -> set[str]:
+    """Run ids with a session open now: holding a date, or waiting for one.
+
+    A run's lock session lives exactly as long as its process (kill -9, OOM or a container
+    restart closes the socket), so a run that is STARTED in Dagster but absent here is dead."""
+    conn = _connect(url, "crm-lock-probe")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT application_name FROM pg_stat_activity "
+                "WHERE application_name LIKE 'crm-run %%'"
+            )
+            names = [row[0] or "" for row in cur.fetchall()]
+    finally:
+        conn.close()
+    return {parts[1] for parts in (name.split() for name in names) if len(parts) > 1}
+
+
 def is_held(url: URL | str, run_date: dt.date) -> bool:
     return holder_of(url, run_date) is not None
 
