@@ -16,14 +16,15 @@ def today(settings: Settings) -> dt.date:
 
 
 def first_partition(settings: Settings) -> dt.date:
-    """`GO_LIVE_DATE`, else the first day of the current month in `TIMEZONE`.
+    """`GO_LIVE_DATE`, else the first day of the previous month in `TIMEZONE`.
 
-    The portal serves month-to-date exports only, so without a go-live date nothing older than
-    this month can ever have been downloaded.
+    The portal serves month-to-date exports only, so nothing much older can ever have been
+    downloaded; the previous month stays in range so that the files kept for its last days
+    (a failed audit on the 30th) can still be reprocessed after the month turns.
     """
     if settings.go_live_date is not None:
         return settings.go_live_date
-    return today(settings).replace(day=1)
+    return (today(settings).replace(day=1) - dt.timedelta(days=1)).replace(day=1)
 
 
 def portal_serves_date(bucket: str, run_date: dt.date, today: dt.date) -> bool:

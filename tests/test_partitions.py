@@ -101,7 +101,7 @@ def test_first_partition_is_go_live_and_the_newest_is_today(
     assert parts.get_partition_keys(current_time=now)[-1] == "2026-11-27"
 
 
-def test_without_go_live_the_first_partition_is_this_month(
+def test_without_go_live_the_first_partition_is_last_month(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -109,7 +109,8 @@ def test_without_go_live_the_first_partition_is_this_month(
         monkeypatch.delenv(var, raising=False)
     parts = build_daily_partitions(load_settings())
     today = dt.datetime.now(zoneinfo.ZoneInfo("Asia/Kolkata")).date()
-    assert parts.get_first_partition_key() == today.replace(day=1).isoformat()
+    last_month = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+    assert parts.get_first_partition_key() == last_month.isoformat()
     assert parts.get_last_partition_key() == today.isoformat()
 
 

@@ -60,7 +60,7 @@ def test_bad_values_name_the_variable(monkeypatch, tmp_path, var, value, fragmen
         load_settings()
 
 
-def test_first_partition_is_go_live_else_the_first_of_this_month(
+def test_first_partition_is_go_live_else_the_first_of_last_month(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -69,8 +69,12 @@ def test_first_partition_is_go_live_else_the_first_of_this_month(
     monkeypatch.delenv("GO_LIVE_DATE")
     # UTC+14 and UTC-11: on different days for two hours in 24, so "this month" is the zone's
     for tz in ("Pacific/Kiritimati", "Pacific/Pago_Pago"):
-        expected = dt.datetime.now(zoneinfo.ZoneInfo(tz)).date().replace(day=1)
+        this_month = dt.datetime.now(zoneinfo.ZoneInfo(tz)).date().replace(day=1)
+        expected = (this_month - dt.timedelta(days=1)).replace(day=1)
         assert first_partition(load_settings(timezone=tz)) == expected
+    # on the 1st, yesterday (the previous month's last day, its files kept) is still a date
+    monkeypatch.setattr("app.settings_dates.today", lambda settings: dt.date(2026, 12, 1))
+    assert first_partition(load_settings()) == dt.date(2026, 11, 1)
 
 
 def test_password_never_in_repr(monkeypatch, tmp_path) -> None:
