@@ -76,22 +76,29 @@ def _connect(url: URL | str, application_name: str) -> Any:
     return conn
 
 
-def holder_of(url: URL | str, run_date: dt.date) -> Holder | None:
-    """Who holds the date now (None when nobody does)."""
+def _probe(url: URL | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """One read of the server's lock and session views, on a short-lived session of its own."""
     conn = _connect(url, "crm-lock-probe")
     try:
         with conn.cursor() as cur:
-            cur.execute(
-                "SELECT a.application_name, a.pid, a.backend_start FROM pg_locks l "
-                "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-                "AND l.classid = %s AND l.objid = %s AND l.objsubid = 2 AND l.granted",
-                (NAMESPACE, date_key(run_date)),
-            )
-            row = cur.fetchone()
+            cur.execute(sql, params)
+            return list(cur.fetchall())
     finally:
         conn.close()
-    if row is None:
+
+
+def holder_of(url: URL | str, run_date: dt.date) -> Holder | None:
+    """Who holds the date now (None when nobody does)."""
+    rows = _probe(
+        url,
+        "SELECT a.application_name, a.pid, a.backend_start FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+        "AND l.classid = %s AND l.objid = %s AND l.objsubid = 2 AND l.granted",
+        (NAMESPACE, date_key(run_date)),
+    )
+    if not rows:
         return None
+    row = rows[0]
     parts = (row[0] or "").split()
     run_id = parts[1] if len(parts) > 1 and parts[0] == "crm-run" else None
     source = parts[2] if len(parts) > 2 and parts[0] == "crm-run" else None
@@ -103,16 +110,11 @@ def live_run_ids(url: URL | str) -> set[str]:
 
     A run's lock session lives exactly as long as its process (kill -9, OOM or a container
     restart closes the socket), so a run that is STARTED in Dagster but absent here is dead."""
-    conn = _connect(url, "crm-lock-probe")
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT application_name FROM pg_stat_activity "
-                "WHERE application_name LIKE 'crm-run %%'"
-            )
-            names = [row[0] or "" for row in cur.fetchall()]
-    finally:
-        conn.close()
+    rows = _probe(
+        url,
+        "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE 'crm-run %%'",
+    )
+    names = [row[0] or "" for row in rows]
     return {parts[1] for parts in (name.split() for name in names) if len(parts) > 1}
 
 

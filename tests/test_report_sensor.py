@@ -22,9 +22,13 @@ DAY = TODAY.isoformat()
 
 
 def _daily_run(
-    instance: dg.DagsterInstance, sim: Any, selection: list[dg.AssetKey] | None = None
+    instance: dg.DagsterInstance,
+    sim: Any,
+    selection: list[dg.AssetKey] | None = None,
+    job: dg.JobDefinition | None = None,
 ) -> dg.DagsterRun:
-    result = defs.resolve_job_def("crm_daily").execute_in_process(
+    """A run of `job` (default `crm_daily`) for DAY against the simulator, failing or not."""
+    result = (job or defs.resolve_job_def("crm_daily")).execute_in_process(
         partition_key=DAY,
         instance=instance,
         asset_selection=selection,
@@ -120,16 +124,8 @@ def test_a_ui_materialization_that_included_the_reports_gets_them_built(
     chain = [dg.AssetKey(["undelivered_all", s]) for s in ("raw_csvs", "merged_csv")]
     selection = [*chain, *_table_and_audit(), REPORTS_KEY]
     with dg.DagsterInstance.get() as instance:
-        result = defs.get_implicit_global_asset_job_def().execute_in_process(
-            partition_key=DAY,
-            instance=instance,
-            asset_selection=selection,
-            run_config={"resources": {"portal": {"config": portal_config(sim)}}},
-            raise_on_error=False,
-            tags={TODAY_TAG: DAY},
-        )
-        run = instance.get_run_by_id(result.run_id)
-        assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
+        run = _daily_run(instance, sim, selection, defs.get_implicit_global_asset_job_def())
+        assert run.status == dg.DagsterRunStatus.FAILURE
         assert run.job_name == "__ASSET_JOB"
         request = report_request(instance, run)
     assert request is not None and request.partition_key == DAY
