@@ -13,6 +13,9 @@ session ends with the process. A STARTED run of a date that has had `GRACE_S` to
 no such session is dead; this sensor reports it failed through Dagster's own API
 (`report_run_failed`), which lets `run_retries` re-run it and the failure alert say so. Runs
 without a partition (a cleanup, which holds its date only inside its op) are left to Dagster.
+A run whose lock session was cut by a database restart has lost its hold on the date too, so it
+is failed the same way: it can no longer promise that no other run of its date interleaves. A
+tick that cannot read the sessions (the database is down) marks nothing.
 """
 
 import time
