@@ -124,7 +124,7 @@ def test_a_ui_materialization_that_included_the_reports_gets_them_built(
     chain = [dg.AssetKey(["undelivered_all", s]) for s in ("raw_csvs", "merged_csv")]
     selection = [*chain, *_table_and_audit(), REPORTS_KEY]
     with dg.DagsterInstance.get() as instance:
-        run = _daily_run(instance, sim, selection, defs.get_implicit_global_asset_job_def())
+        run = _daily_run(instance, sim, selection, defs.resolve_implicit_global_asset_job_def())
         assert run.status == dg.DagsterRunStatus.FAILURE
         assert run.job_name == "__ASSET_JOB"
         request = report_request(instance, run)
