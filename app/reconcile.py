@@ -13,7 +13,9 @@ not), the audit measures the raw files again rather than judge with a stale excl
 """
 
 import asyncio
+import dataclasses
 import threading
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,14 +76,20 @@ async def _measure_beside(
             return await measure_raw(conn, merge.bucket, files, exclude)
 
     async def load() -> LoadMeasure | None:
+        started = time.perf_counter()
         async with (
             engine.connect() as conn,
             staged_merged(conn, merge.bucket, merge.path, materialize=True) as staged,
         ):
+            staged_ms = (time.perf_counter() - started) * 1000
             await asyncio.to_thread(committed.wait)
             if not load_ok.is_set():
                 return None
-            return await staged.read_back(run_id=ctx.run_id, run_date=ctx.run_date)
+            read = time.perf_counter()
+            measure = await staged.read_back(run_id=ctx.run_id, run_date=ctx.run_date)
+        # the server's work only: staging, then the read-back (not the wait for the commit)
+        spent = staged_ms + (time.perf_counter() - read) * 1000
+        return dataclasses.replace(measure, duration_ms=spent)
 
     raw_measure, load_measure = await asyncio.gather(raw(), load())
     if load_measure is None:

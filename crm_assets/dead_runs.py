@@ -1,11 +1,13 @@
 """Runs whose process died: marked failed within minutes, so Dagster's run retries take over.
 
 Why this exists next to Dagster's run monitoring (`run_monitoring` in dagster.yaml): with the
-`DefaultRunLauncher` that a single server runs (and the CLI's in-process runs), Dagster cannot
-ask whether a run's process is alive, so a run killed with `kill -9`, by the OOM killer or by a
-container restart stays STARTED until `max_runtime_seconds` (2 h); meanwhile the queue's one-run-
-per-partition limit keeps every retry and catch-up of that date waiting. (The Docker and
-Kubernetes launchers do check their workers' health, and their monitoring acts sooner.)
+`DefaultRunLauncher` that a single server runs, a run whose worker process alone dies is
+reported failed at once by the code server that started it, but when the code server dies too
+(a container restart; checked in Docker, see docs/docker-check.md), or a `python -m app run`
+is killed, nobody is left to report it, and Dagster's monitoring cannot ask whether the
+process is alive: the run stays STARTED until `max_runtime_seconds` (2 h), and meanwhile the
+queue's one-run-per-partition limit keeps every retry and catch-up of that date waiting. (The
+Docker and Kubernetes launchers check their workers' health, and their monitoring acts sooner.)
 
 The run itself already carries a liveness signal: every run of a date holds (or waits for) the
 date's PostgreSQL advisory lock on a session named after its run id (`app.run_lock`), and that
@@ -72,7 +74,10 @@ def dead_run_tick(
         date = run.tags.get(PARTITION_TAG, "its date")
         instance.report_run_failed(run, DEAD_MESSAGE.format(date=date))
     if not dead:
-        return dg.SkipReason(f"{len(records)} STARTED run(s), all alive")
+        return dg.SkipReason(
+            f"{len(records)} STARTED run(s): none dead (each has its session, or is within "
+            f"the {GRACE_S:.0f} s grace)"
+        )
     return None
 
 

@@ -71,6 +71,7 @@ async def test_measures_taken_alongside_equal_the_measures_taken_after(
     assert alongside.written == alongside.merged_rows == alongside.expected_unique == 65
     assert alongside.missing_keys == 0 and alongside.quarantined == 1
     assert alongside.download_total == 67 and measured.exclude == {"A1": [6]}
+    assert measured.load.duration_ms > 0 and measured.raw.duration_ms > 0
 
 
 async def test_a_failed_load_is_raised_and_lets_go_of_the_measuring_sessions(
