@@ -30,7 +30,7 @@ from app.downloader.core import BucketDownload
 from app.json_logger import log_event
 from app.rejects import FileProblem
 from app.run_context import RunContext
-from app.settings_dates import portal_serves_date
+from app.settings_dates import not_servable_reason, portal_serves_date
 
 T = TypeVar("T")
 
@@ -282,12 +282,8 @@ def _with_error(raw: RawFiles, ctx: RunContext) -> RawFiles:
     return dataclasses.replace(
         raw,
         not_servable=True,
-        error=(
-            f"not servable: the portal only serves current data (today is "
-            f"{ctx.today.isoformat()}) and no raw {raw.bucket} files for "
-            f"{ctx.run_date.isoformat()} are kept under {ctx.date_dir}; nothing to reprocess "
-            f"(a report saved from the portal by hand can be dropped there)"
-        ),
+        error="not servable: "
+        + not_servable_reason(raw.bucket, ctx.run_date, ctx.today, str(ctx.date_dir)),
     )
 
 

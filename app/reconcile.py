@@ -4,9 +4,10 @@ See `app.audit` for what is measured from where. A step that failed earlier stil
 audit row saying why (`record_failure`), and every file is kept.
 
 When: the measurements need the server to parse every raw file and the merged file again, which
-alone costs ~15% of a large load. None of that depends on the load, so `load_and_measure` runs
-it *while* the load runs (a thread with its own event loop and engine: the load's parsing keeps
-its own loop busy on purpose), and only the read-back of the table waits for the commit. The
+alone costs ~11% of a large load (docs/benchmarks.md). None of that depends on the load, so
+`load_and_measure` runs it *while* the load runs (a thread with its own event loop and engine:
+the load's parsing keeps its own loop busy on purpose), and only the read-back of the table
+waits for the commit. The
 audit step then judges those measures (`audit_bucket(..., measured=...)`). The raw measure
 leaves out the records the merge rejected; if the rejects changed by the audit (they should
 not), the audit measures the raw files again rather than judge with a stale exclusion.

@@ -32,3 +32,12 @@ def portal_serves_date(bucket: str, run_date: dt.date, today: dt.date) -> bool:
     if run_date == today:
         return True
     return all("{date}" in spec["url_template"] for spec in file_specs_for_bucket(bucket).values())
+
+
+def not_servable_reason(bucket: str, run_date: dt.date, today: dt.date, folder: str) -> str:
+    """Why a past date with nothing kept cannot be run, and the one way to fill it anyway."""
+    return (
+        f"the portal only serves current data (today is {today.isoformat()}) and no raw "
+        f"{bucket} files for {run_date.isoformat()} are kept under {folder}; nothing to "
+        f"reprocess (a report saved from the portal by hand can be dropped there)"
+    )

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.audit import PASSED, AuditRecord
 from app.config import BUCKETS, FILE_SPECS, merged_name
 from app.db.models import IngestReject, PipelineAudit
-from app.settings_dates import portal_serves_date
+from app.settings_dates import not_servable_reason, portal_serves_date
 
 NOT_SERVABLE = "not servable"
 
@@ -350,11 +350,8 @@ def not_servable(
         f.bucket == line.bucket and f.kind == "raw" for f in files
     ):
         return line
-    why = (
-        f"the portal only serves current data (today is {today.isoformat()}) and no raw "
-        f"{line.bucket} file of this date is kept; a report saved from the portal by hand can "
-        f"be dropped into DATA_DIR/{line.run_date.isoformat()}/"
-    )
+    folder = f"DATA_DIR/{line.run_date.isoformat()}/"
+    why = not_servable_reason(line.bucket, line.run_date, today, folder)
     return dataclasses.replace(line, verdict=NOT_SERVABLE, reason=why)
 
 
