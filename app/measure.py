@@ -639,8 +639,7 @@ async def _measure_raw_once(
     conn: AsyncConnection,
     bucket: str,
     keys: list[_Key],
-    stores: list[tuple[str, Path]],
-    exclude: Mapping[str, Collection[int]] | None,
+    sources: AsyncIterator[tuple[str, _Source, Collection[int]]],
     *,
     careful: bool = False,
 ) -> tuple[_RawStager, tuple[int, int, int] | None]:
@@ -649,18 +648,49 @@ async def _measure_raw_once(
     async with _session(conn) as driver:
         copier = _Copier(driver, careful)
         stager = _RawStager(copier, bucket, keys, names)
-        sources = _prefetched([path for _store, path in stores])
-        async with contextlib.aclosing(sources):
-            file_no = 0
-            async for source in sources:
-                store = stores[file_no][0]
-                file_no += 1
-                await stager.stage(file_no, store, source, (exclude or {}).get(store, ()))
+        file_no = 0
+        async for store, source, exclude in sources:
+            file_no += 1
+            await stager.stage(file_no, store, source, exclude)
         await copier.close()
         if stager.keys_complete:
             measured = await stager.expected()
         await names.drop(driver)
     return stager, measured
+
+
+async def _listed(
+    stores: Sequence[tuple[str, Path]], exclude: Mapping[str, Collection[int]]
+) -> AsyncIterator[tuple[str, _Source, Collection[int]]]:
+    sources = _prefetched([path for _store, path in stores])
+    async with contextlib.aclosing(sources):
+        index = 0
+        async for source in sources:
+            store = stores[index][0]
+            index += 1
+            yield store, source, exclude.get(store, ())
+
+
+def _raw_measure(
+    stager: _RawStager, measured: tuple[int, int, int] | None, started: float
+) -> RawMeasure:
+    counts = list(stager.by_store.values())
+    return RawMeasure(
+        by_store=stager.by_store,
+        total=None if None in counts else sum(c for c in counts if c is not None),
+        expected_unique=measured[0] if measured else None,
+        errors=stager.errors,
+        duration_ms=(time.perf_counter() - started) * 1000,
+        keyless_rows=measured[2] if measured else None,
+        excluded_rows=measured[1] if measured else None,
+    )
+
+
+def _checked(exclude: Mapping[str, Collection[int]] | None) -> dict[str, Collection[int]]:
+    for ordinals in (exclude or {}).values():
+        for ordinal in ordinals:
+            _ordinal(ordinal)
+    return dict(exclude or {})
 
 
 async def measure_raw(
@@ -678,26 +708,53 @@ async def measure_raw(
     """
     started = time.perf_counter()
     keys = _key_columns(bucket)
-    for ordinals in (exclude or {}).values():
-        for ordinal in ordinals:
-            _ordinal(ordinal)
+    excluded = _checked(exclude)
     stores = [(store, Path(path)) for store, path in sorted(files.items())]
     try:
-        stager, measured = await _measure_raw_once(conn, bucket, keys, stores, exclude)
+        stager, measured = await _measure_raw_once(conn, bucket, keys, _listed(stores, excluded))
     except _Retry:  # some file was refused: again, with a savepoint per file
         stager, measured = await _measure_raw_once(
-            conn, bucket, keys, stores, exclude, careful=True
+            conn, bucket, keys, _listed(stores, excluded), careful=True
         )
-    counts = list(stager.by_store.values())
-    return RawMeasure(
-        by_store=stager.by_store,
-        total=None if None in counts else sum(c for c in counts if c is not None),
-        expected_unique=measured[0] if measured else None,
-        errors=stager.errors,
-        duration_ms=(time.perf_counter() - started) * 1000,
-        keyless_rows=measured[2] if measured else None,
-        excluded_rows=measured[1] if measured else None,
-    )
+    return _raw_measure(stager, measured, started)
+
+
+async def measure_raw_streamed(
+    conn: AsyncConnection,
+    bucket: str,
+    files: AsyncIterator[tuple[str, Path, Collection[int]]],
+) -> tuple[RawMeasure, dict[str, list[int]]]:
+    """`measure_raw` over files that arrive one at a time (store, path, ordinals to exclude),
+    each staged as it comes: the merge step feeds each store file as soon as its merger pass is
+    done with it, so the server parses file k while the merger reads file k+1.
+
+    Returns the measure and the exclusion it used (store -> sorted ordinals, stores without
+    any left out), to compare with the rejects recorded later. A refused file costs what it
+    costs `measure_raw`: the rest of the stream is collected, and everything measured again
+    with a savepoint per file. The stream is always read to its end.
+    """
+    started = time.perf_counter()
+    keys = _key_columns(bucket)
+    seen: list[tuple[str, Path]] = []
+    exclude: dict[str, Collection[int]] = {}
+
+    async def arriving() -> AsyncIterator[tuple[str, _Source, Collection[int]]]:
+        async for store, path, ordinals in files:
+            exclude[store] = _checked({store: ordinals})[store]
+            seen.append((store, Path(path)))
+            yield store, await asyncio.to_thread(_prepare, Path(path)), ordinals
+
+    try:
+        stager, measured = await _measure_raw_once(conn, bucket, keys, arriving())
+    except _Retry:
+        async for store, path, ordinals in files:  # the rest of the stream, then carefully
+            exclude[store] = _checked({store: ordinals})[store]
+            seen.append((store, Path(path)))
+        stager, measured = await _measure_raw_once(
+            conn, bucket, keys, _listed(sorted(seen), exclude), careful=True
+        )
+    used = {store: sorted(set(o)) for store, o in sorted(exclude.items()) if o}
+    return _raw_measure(stager, measured, started), used
 
 
 # ------------------------------------------------------------------ measure_load

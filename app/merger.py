@@ -83,6 +83,9 @@ __all__ = [
 ]
 
 
+OnScanned = Callable[[str, Path, frozenset[int]], None]
+
+
 class MergeError(Exception):
     """The bucket cannot be merged correctly (e.g. a store file changed while being merged)."""
 
@@ -298,17 +301,22 @@ def merge_bucket(
     data_dir: Path,
     *,
     out_dir: Path | None = None,
+    on_scanned: OnScanned | None = None,
 ) -> MergeResult:
     """Stream-merge and dedupe one bucket's store files for one run date (see module docstring).
 
-    `out_dir` is where the merged file goes (default `data_dir/<run date>/`). A store whose file
+    `out_dir` is where the merged file goes (default `data_dir/<run date>/`). `on_scanned` is
+    called with (store, path, ordinals of its rejected records) for each store file as soon as
+    the first pass has read it whole and it will be merged, in merging order (the audit's raw
+    measure starts on that file then, `app.reconcile.merge_and_measure`). A store whose file
     has a file-level problem is listed in `failed_stores` and merged as if absent. Raises
     MergeError only when no correct merged file can be written (a file changed while being
     merged, the merged file does not read back); any failure is logged (phase=merge,
     status=error) and leaves no merged file behind.
     """
     try:
-        return _merge(bucket, run_date, store_files, out_dir or data_dir / run_date.isoformat())
+        folder = out_dir or data_dir / run_date.isoformat()
+        return _merge(bucket, run_date, store_files, folder, on_scanned)
     except Exception as exc:
         log_event(
             "merge",
@@ -322,7 +330,7 @@ def merge_bucket(
 
 
 def _pass_one(
-    bucket: str, sources: list[_Source], run_date: dt.date
+    bucket: str, sources: list[_Source], run_date: dt.date, on_scanned: OnScanned | None = None
 ) -> tuple[dict[tuple[Any, ...], _Winner], list[_Source], dict[str, str]]:
     """Scan every store; (winners, merged sources, failed store -> reason)."""
     key_of, prefer = _key_getter(bucket), _Preference.for_bucket(bucket)
@@ -349,11 +357,18 @@ def _pass_one(
             continue
         winners = _fold(winners, store_winners, prefer)
         merged.append(source)
+        if on_scanned is not None:
+            own = {r.record_no for r in source.rejects if r.store_code == source.store_code}
+            on_scanned(source.store_code, source.path, frozenset(own))
     return winners, merged, failed
 
 
 def _merge(
-    bucket: str, run_date: dt.date, store_files: Mapping[str, Path], out_dir: Path
+    bucket: str,
+    run_date: dt.date,
+    store_files: Mapping[str, Path],
+    out_dir: Path,
+    on_scanned: OnScanned | None = None,
 ) -> MergeResult:
     started = time.perf_counter()
     columns = list(MERGE_BUCKET_DB_SPECS[bucket]["column_map"])
@@ -361,7 +376,7 @@ def _merge(
         _Source(index, validate_store_code(code), Path(path))
         for index, (code, path) in enumerate(sorted(store_files.items(), key=lambda kv: kv[0]))
     ]
-    winners, merged, failed = _pass_one(bucket, sources, run_date)
+    winners, merged, failed = _pass_one(bucket, sources, run_date, on_scanned)
     expected_unique = len(winners)
     keep: list[set[int]] = [set() for _ in sources]
     for file_index, record_no, _ in winners.values():

@@ -3,21 +3,28 @@
 See `app.audit` for what is measured from where. A step that failed earlier still leaves an
 audit row saying why (`record_failure`), and every file is kept.
 
-When: the measurements need the server to parse every raw file and the merged file again, which
-alone costs ~11% of a large load (docs/benchmarks.md). None of that depends on the load, so
-`load_and_measure` runs it *while* the load runs (a thread with its own event loop and engine:
-the load's parsing keeps its own loop busy on purpose), and only the read-back of the table
-waits for the commit. The
-audit step then judges those measures (`audit_bucket(..., measured=...)`). The raw measure
-leaves out the records the merge rejected; if the rejects changed by the audit (they should
-not), the audit measures the raw files again rather than judge with a stale exclusion.
+When: the measurements need the server to parse every raw file and the merged file again
+(docs/benchmarks.md). None of that needs to wait for the audit step, so each is taken while
+the Python side of an earlier step keeps one core busy and the server idles:
+
+- the raw files during the merge (`merge_and_measure`): the merger runs in a worker thread and
+  hands each store file on as soon as its first pass is done with it, so the server parses
+  file k while the merger reads file k+1. The measure leaves out the records the merger
+  rejected in that file;
+- the merged file during the load (`load_and_measure`): a thread with its own event loop and
+  engine (the load's parsing keeps its own loop busy on purpose) stages the merged file, and
+  reads the table back only once the load has committed.
+
+The audit step then judges those measures (`audit_bucket`'s `raw_measured`, `load_measured`).
+If the rejects recorded by the audit differ from the exclusion the raw measure used (the load
+can add rejects), or either measure could not be taken, the audit measures again itself.
 """
 
 import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +35,15 @@ from app.audit import FAILED, AuditRecord, Counts, build_manifest, evaluate, sav
 from app.db.engine import create_engine
 from app.ingest import IngestResult
 from app.json_logger import log_event
-from app.measure import LoadMeasure, RawMeasure, measure_load, measure_raw, staged_merged
-from app.merger import MergeResult
+from app.measure import (
+    LoadMeasure,
+    RawMeasure,
+    measure_load,
+    measure_raw,
+    measure_raw_streamed,
+    staged_merged,
+)
+from app.merger import MergeResult, OnScanned, merge_bucket
 from app.pipeline import RawFiles
 from app.reject_store import first_rejects, reject_counts, rejected_records
 from app.run_context import RunContext
@@ -38,11 +52,10 @@ EMPTY_DAY = "every store returned an empty report: check that the portal knows t
 
 
 @dataclass(frozen=True)
-class Measured:
-    """The raw and load measures of one bucket, taken alongside its load (step result)."""
+class RawMeasured:
+    """The raw measure of one bucket, taken while its merge ran (the merge step's result)."""
 
     raw: RawMeasure
-    load: LoadMeasure
     exclude: dict[str, list[int]]  # the rejected records the raw measure left out
 
 
@@ -54,48 +67,102 @@ def _raw_files(merge: MergeResult) -> dict[str, Path]:
     return {store: Path(path) for store, path in merge.merged_stores.items()}
 
 
-async def _exclusions(engine: AsyncEngine, ctx: RunContext, bucket: str) -> dict[str, set[int]]:
-    async with engine.connect() as conn:
-        exclude = await rejected_records(conn, ctx.run_id, bucket, ctx.run_date)
-        await conn.commit()
-    return exclude
+def _side_failed(what: str, exc: BaseException, bucket: str, ctx: RunContext) -> None:
+    log_event(
+        "audit",
+        f"measuring {what} failed ({type(exc).__name__}: {exc}); "
+        "the audit measures after the load instead",
+        status="warn",
+        bucket=bucket,
+        date=ctx.run_date,
+    )
 
 
-async def _measure_beside(
+async def merge_and_measure(
+    engine: AsyncEngine,
+    ctx: RunContext,
+    bucket: str,
+    files: Mapping[str, Path],
+    *,
+    measure: bool = True,
+) -> tuple[MergeResult, RawMeasured | None]:
+    """Merge the run's store `files` into the run's folder (`merge_bucket` in a worker thread)
+    while the raw files it has scanned are measured on this loop's `engine`.
+
+    The measure is None when it could not be taken, or when the files it measured are not
+    exactly the merged stores' (the audit then measures itself), and without `measure`. A
+    failed merge is re-raised once the measuring session has let go."""
+
+    def merge(on_scanned: OnScanned | None = None) -> MergeResult:
+        return merge_bucket(
+            bucket, ctx.run_date, files, ctx.data_dir, out_dir=ctx.run_dir, on_scanned=on_scanned
+        )
+
+    if not measure:
+        return merge(), None
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Queue[tuple[str, Path, frozenset[int]] | None] = asyncio.Queue()
+
+    def scanned(store: str, path: Path, ordinals: frozenset[int]) -> None:
+        loop.call_soon_threadsafe(arrived.put_nowait, (store, path, ordinals))
+
+    def merging() -> MergeResult:
+        try:
+            return merge(scanned)
+        finally:
+            loop.call_soon_threadsafe(arrived.put_nowait, None)
+
+    async def scanned_files() -> AsyncIterator[tuple[str, Path, frozenset[int]]]:
+        while (item := await arrived.get()) is not None:
+            yield item
+
+    async def measured_raw() -> RawMeasured:
+        async with engine.connect() as conn:
+            raw, used = await measure_raw_streamed(conn, bucket, scanned_files())
+        return RawMeasured(raw, used)
+
+    side = asyncio.ensure_future(measured_raw())
+    try:
+        merged = await asyncio.to_thread(merging)
+    except asyncio.CancelledError:
+        side.cancel()
+        raise
+    except BaseException:
+        await asyncio.gather(side, return_exceptions=True)
+        raise
+    try:
+        measured = await side
+    except Exception as exc:  # the audit measures again; the merge itself is fine
+        _side_failed("the raw files during the merge", exc, bucket, ctx)
+        return merged, None
+    if set(measured.raw.by_store) != set(merged.merged_stores):
+        return merged, None  # not the files merged (cannot happen: the merger names them)
+    return merged, measured
+
+
+async def _measure_merged(
     engine: AsyncEngine,
     ctx: RunContext,
     merge: MergeResult,
-    exclude: Mapping[str, Collection[int]],
     committed: threading.Event,
     load_ok: threading.Event,
-) -> Measured | None:
-    """Both measures; the read-back only once the load has committed (None if it failed)."""
-    files = _raw_files(merge)
-
-    async def raw() -> RawMeasure:
-        async with engine.connect() as conn:
-            return await measure_raw(conn, merge.bucket, files, exclude)
-
-    async def load() -> LoadMeasure | None:
-        started = time.perf_counter()
-        async with (
-            engine.connect() as conn,
-            staged_merged(conn, merge.bucket, merge.path, materialize=True) as staged,
-        ):
-            staged_ms = (time.perf_counter() - started) * 1000
-            await asyncio.to_thread(committed.wait)
-            if not load_ok.is_set():
-                return None
-            read = time.perf_counter()
-            measure = await staged.read_back(run_id=ctx.run_id, run_date=ctx.run_date)
-        # the server's work only: staging, then the read-back (not the wait for the commit)
-        spent = staged_ms + (time.perf_counter() - read) * 1000
-        return dataclasses.replace(measure, duration_ms=spent)
-
-    raw_measure, load_measure = await asyncio.gather(raw(), load())
-    if load_measure is None:
-        return None
-    return Measured(raw_measure, load_measure, _exclude_key(exclude))
+) -> LoadMeasure | None:
+    """The merged file staged now; the read-back only once the load has committed (None if it
+    failed)."""
+    started = time.perf_counter()
+    async with (
+        engine.connect() as conn,
+        staged_merged(conn, merge.bucket, merge.path, materialize=True) as staged,
+    ):
+        staged_ms = (time.perf_counter() - started) * 1000
+        await asyncio.to_thread(committed.wait)
+        if not load_ok.is_set():
+            return None
+        read = time.perf_counter()
+        measure = await staged.read_back(run_id=ctx.run_id, run_date=ctx.run_date)
+    # the server's work only: staging, then the read-back (not the wait for the commit)
+    spent = staged_ms + (time.perf_counter() - read) * 1000
+    return dataclasses.replace(measure, duration_ms=spent)
 
 
 def _in_thread(url: Any, work: Callable[[AsyncEngine], Awaitable[Any]]) -> Any:
@@ -114,20 +181,17 @@ async def load_and_measure(
     ctx: RunContext,
     merge: MergeResult,
     load: Callable[[], Awaitable[IngestResult]],
-) -> tuple[IngestResult, Measured | None]:
-    """Run `load()` (the ingest of `merge.path`) with both measures taken alongside it.
+) -> tuple[IngestResult, LoadMeasure | None]:
+    """Run `load()` (the ingest of `merge.path`) with the merged file's measure taken alongside.
 
-    The measures are None when they could not be taken (the audit then measures itself); a
-    failed load is re-raised after the measuring side has let go of its sessions."""
-    exclude = await _exclusions(engine, ctx, merge.bucket)
+    The measure is None when it could not be taken (the audit then measures itself); a failed
+    load is re-raised after the measuring side has let go of its session."""
     committed, load_ok = threading.Event(), threading.Event()
     side = asyncio.ensure_future(
         asyncio.to_thread(
             _in_thread,
             engine.url,
-            lambda side_engine: _measure_beside(
-                side_engine, ctx, merge, exclude, committed, load_ok
-            ),
+            lambda side_engine: _measure_merged(side_engine, ctx, merge, committed, load_ok),
         )
     )
     try:
@@ -138,16 +202,9 @@ async def load_and_measure(
         if not load_ok.is_set():
             await asyncio.gather(side, return_exceptions=True)
     try:
-        measured: Measured | None = await side
+        measured: LoadMeasure | None = await side
     except Exception as exc:  # the audit measures again; the load itself is fine
-        log_event(
-            "audit",
-            f"measuring alongside the load failed ({type(exc).__name__}: {exc}); "
-            "the audit measures after the load instead",
-            status="warn",
-            bucket=merge.bucket,
-            date=ctx.run_date,
-        )
+        _side_failed("the merged file alongside the load", exc, merge.bucket, ctx)
         measured = None
     return loaded, measured
 
@@ -157,9 +214,11 @@ async def measure_counts(
     ctx: RunContext,
     merge: MergeResult,
     ingest: IngestResult,
-    measured: Measured | None = None,
+    raw_measured: RawMeasured | None = None,
+    load_measured: LoadMeasure | None = None,
 ) -> Counts:
-    """Every number of the audit, each from its own source (server-side parsers and queries)."""
+    """Every number of the audit, each from its own source (server-side parsers and queries):
+    the measures taken during the merge and the load, or measured now where there are none."""
     bucket = merge.bucket
     files = _raw_files(merge)
     async with engine.connect() as conn:
@@ -168,14 +227,14 @@ async def measure_counts(
         await conn.commit()
 
     async def _raw() -> RawMeasure:
-        if measured is not None and measured.exclude == _exclude_key(exclude):
-            return measured.raw
+        if raw_measured is not None and raw_measured.exclude == _exclude_key(exclude):
+            return raw_measured.raw
         async with engine.connect() as conn:
             return await measure_raw(conn, bucket, files, exclude)
 
     async def _load() -> LoadMeasure:
-        if measured is not None:
-            return measured.load
+        if load_measured is not None:
+            return load_measured
         async with engine.connect() as conn:
             return await measure_load(
                 conn, bucket, merge.path, run_id=ctx.run_id, run_date=ctx.run_date
@@ -235,11 +294,12 @@ async def audit_bucket(
     raw: RawFiles,
     merge: MergeResult,
     ingest: IngestResult,
-    measured: Measured | None = None,
+    raw_measured: RawMeasured | None = None,
+    load_measured: LoadMeasure | None = None,
 ) -> AuditRecord:
     """Judge and write the audit of one bucket (after its load committed), from the measures
-    taken alongside the load, or measured now when there are none."""
-    counts = await measure_counts(engine, ctx, merge, ingest, measured)
+    taken during the merge and the load, or measured now where there are none."""
+    counts = await measure_counts(engine, ctx, merge, ingest, raw_measured, load_measured)
     status, reason = evaluate(counts)
     manifest, missing = _manifest(raw, merge)
     if missing:

@@ -20,7 +20,15 @@ Measured, in this order, in one process:
 - alongside (the graph's way, `app.reconcile.load_and_measure`): the table emptied, then the
   same ingest with both measures taken while it runs, alternating with the ingest alone
   (`--alongside-repeat` pairs). The cost of measuring is the difference of the medians, plus
-  what the audit step still does with those measures (`measure_counts`).
+  what the audit step still does with those measures (`measure_counts`). Since the raw measure
+  moved into the merge step, this mode takes only the merged file's measure alongside and the
+  audit step measures the raw files itself;
+- pipeline (`--pipeline-rounds N`, the graph's way today; `--only-pipeline` skips the rest):
+  the real merger on the raw files with the raw measure taken while it runs
+  (`merge_and_measure`), then the load with the merged file's measure alongside, then the audit
+  step's judging; against merge and load alone, both orders per round. The cost is the sum of
+  the two steps' median differences plus the judging, reported against the load alone and
+  against merge + load.
 """
 
 import argparse
@@ -208,7 +216,7 @@ async def alongside(
             with_measures.append(seconds)
             assert measured is not None, "measures could not be taken alongside"
             seconds, counts = await timed(
-                functools.partial(measure_counts, engine, ctx, merge, loaded, measured)
+                functools.partial(measure_counts, engine, ctx, merge, loaded, None, measured)
             )
             judge.append(seconds)
     finally:
@@ -221,6 +229,72 @@ async def alongside(
         "audit_step_with_those_measures": _stats(judge),
         "cost_s": round(cost, 3),
         "cost_vs_ingest": round(cost / base, 3),
+        "counts": {
+            k: getattr(counts, k)
+            for k in ("download_total", "merged_rows", "expected_unique", "ingested_rows")
+        },
+    }
+
+
+async def pipeline(url: str, files: dict[str, Path], rounds: int, workdir: Path) -> dict[str, Any]:
+    """The graph's way end to end: merge with the raw measure during it, load with the merged
+    measure during it, then the audit step's judging; against merge and load alone.
+
+    Each round runs both orders (alone, then measured; measured, then alone) into an empty
+    table, so drift on a shared machine falls on both sides. The merge is the real merger on
+    the raw files (its merged file is what is loaded)."""
+    from app.db.engine import create_engine
+    from app.ingest import ingest_file
+    from app.reconcile import load_and_measure, measure_counts, merge_and_measure
+    from app.reject_store import replace_rejects
+    from app.run_context import RunContext
+
+    engine = create_engine(url)
+    times: dict[str, list[float]] = {k: [] for k in ("merge", "merge_m", "load", "load_m", "judge")}
+    counts: Any = None
+
+    async def once(measure: bool) -> None:
+        nonlocal counts
+        ctx = RunContext(f"bench{len(times['judge'])}{int(measure)}", D1, D1, workdir / "runs")
+        await _empty_tables(engine)
+        seconds, (merge, raw_m) = await timed(
+            lambda: merge_and_measure(engine, ctx, BUCKET, files, measure=measure)
+        )
+        times["merge_m" if measure else "merge"].append(seconds)
+        await replace_rejects(engine, ctx.run_id, BUCKET, D1, merge.rejects)
+
+        def load() -> Any:
+            return ingest_file(engine, BUCKET, D1, merge.path, run_id=ctx.run_id)
+
+        if not measure:
+            times["load"].append((await timed(load))[0])
+            return
+        seconds, (loaded, load_m) = await timed(lambda: load_and_measure(engine, ctx, merge, load))
+        times["load_m"].append(seconds)
+        assert raw_m is not None and load_m is not None, "a measure could not be taken alongside"
+        seconds, counts = await timed(
+            functools.partial(measure_counts, engine, ctx, merge, loaded, raw_m, load_m)
+        )
+        assert seconds < 1 or counts is None, "the audit measured again: a hand-off was not used"
+        times["judge"].append(seconds)
+
+    try:
+        for _ in range(rounds):
+            for measure in (False, True, True, False):
+                await once(measure)
+    finally:
+        await engine.dispose()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    cost = med["merge_m"] - med["merge"] + med["load_m"] - med["load"] + med["judge"]
+    return {
+        "merge_alone": _stats(times["merge"]),
+        "merge_with_raw_measure": _stats(times["merge_m"]),
+        "load_alone": _stats(times["load"]),
+        "load_with_merged_measure": _stats(times["load_m"]),
+        "audit_step_with_those_measures": _stats(times["judge"]),
+        "cost_s": round(cost, 3),
+        "cost_vs_load": round(cost / med["load"], 3),
+        "cost_vs_merge_and_load": round(cost / (med["merge"] + med["load"]), 3),
         "counts": {
             k: getattr(counts, k)
             for k in ("download_total", "merged_rows", "expected_unique", "ingested_rows")
@@ -245,6 +319,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--alongside-repeat", type=int, default=2, help="ingest / alongside pairs")
+    ap.add_argument(
+        "--pipeline-rounds", type=int, default=0, help="merge+load rounds, the graph's way"
+    )
+    ap.add_argument("--only-pipeline", action="store_true", help="skip the other measurements")
     args = ap.parse_args()
 
     from app import json_logger
@@ -257,6 +335,16 @@ def main() -> None:
     print(f"data: {len(files)} files, {size / 1e6:.1f} MB raw, {merged.stat().st_size / 1e6:.1f} "
           f"MB merged ({time.perf_counter() - started:.1f}s)", flush=True)  # fmt: skip
     url, drop = setup_database(workdir)
+    if args.only_pipeline:
+        try:
+            report: dict[str, Any] = {
+                "pipeline": asyncio.run(pipeline(url, files, args.pipeline_rounds, workdir))
+            }
+        finally:
+            drop()
+        report["rows"], report["stores"], report["cpus"] = args.rows, len(files), os.cpu_count()
+        print(json.dumps({"summary": report}, indent=2, default=str))
+        return
     try:
         report = asyncio.run(run(url, files, merged, args.repeat))
         report["parse_floor_s"] = {
@@ -266,6 +354,8 @@ def main() -> None:
             report["alongside"] = asyncio.run(
                 alongside(url, files, merged, args.alongside_repeat, workdir)
             )
+        if args.pipeline_rounds:
+            report["pipeline"] = asyncio.run(pipeline(url, files, args.pipeline_rounds, workdir))
     finally:
         drop()
     ingest = report["ingest"]["seconds"]

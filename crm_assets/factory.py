@@ -29,9 +29,17 @@ from app.audit import AuditRecord, audit_of_run, passed_runs
 from app.config import MERGE_BUCKET_DB_SPECS
 from app.downloader.client import PortalUnavailableError
 from app.ingest import IngestResult, ingest_file
-from app.merger import MergeResult, merge_bucket
+from app.measure import LoadMeasure
+from app.merger import MergeResult
 from app.pipeline import RawFiles, acquire_raw_files
-from app.reconcile import EMPTY_DAY, Measured, audit_bucket, load_and_measure, record_failure
+from app.reconcile import (
+    EMPTY_DAY,
+    RawMeasured,
+    audit_bucket,
+    load_and_measure,
+    merge_and_measure,
+    record_failure,
+)
 from app.reject_store import first_rejects, replace_rejects
 from app.report_check import check_file
 from app.run_context import RunContext
@@ -42,6 +50,7 @@ from crm_assets.keys import (
     AUDIT_CHECK,
     DOWNLOAD_CHECK,
     MEASURED,
+    MEASURED_RAW,
     MERGED,
     RAW,
     TABLE,
@@ -219,9 +228,10 @@ def build_bucket_chain(bucket: str) -> tuple[list[dg.AssetsDefinition], list[Any
         ctx = run_context(context, data_dir.root())
         with json_logger.run_context(ctx.run_id):
             raw = load_result(ctx, RawFiles, bucket, RAW)
-            try:
-                merged = merge_bucket(
-                    bucket, ctx.run_date, raw.files, ctx.data_dir, out_dir=ctx.run_dir
+            discard_result(ctx, bucket, MEASURED_RAW)
+            try:  # the audit's raw measure is taken while the merge runs (none in a dry run)
+                merged, measured = await merge_and_measure(
+                    db.engine, ctx, bucket, raw.files, measure=not options.dry_run
                 )
                 if not options.dry_run:
                     await replace_rejects(
@@ -232,6 +242,8 @@ def build_bucket_chain(bucket: str) -> tuple[list[dg.AssetsDefinition], list[Any
                     await record_failure(db.engine, ctx, bucket, _why(exc), raw=raw)
                 raise
             save_result(ctx, bucket, MERGED, merged)
+            if measured is not None:
+                save_result(ctx, bucket, MEASURED_RAW, measured)
         return dg.MaterializeResult(metadata=merged_metadata(merged))
 
     @dg.asset(
@@ -314,8 +326,11 @@ def build_bucket_chain(bucket: str) -> tuple[list[dg.AssetsDefinition], list[Any
             raw = load_result(ctx, RawFiles, bucket, RAW)
             merged = load_result(ctx, MergeResult, bucket, MERGED)
             loaded = load_result(ctx, IngestResult, bucket, TABLE)
-            measured = maybe_result(ctx, Measured, bucket, MEASURED)
-            record = await audit_bucket(db.engine, ctx, raw, merged, loaded, measured)
+            raw_measured = maybe_result(ctx, RawMeasured, bucket, MEASURED_RAW)
+            load_measured = maybe_result(ctx, LoadMeasure, bucket, MEASURED)
+            record = await audit_bucket(
+                db.engine, ctx, raw, merged, loaded, raw_measured, load_measured
+            )
         return dg.MaterializeResult(metadata=audit_metadata(record))
 
     return [merged_csv, table, audit], build_checks(bucket)

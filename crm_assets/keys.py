@@ -4,7 +4,8 @@ import dagster as dg
 
 RAW, MERGED, TABLE, AUDIT = "raw_csvs", "merged_csv", "table", "audit"
 AUDIT_CHECK = "audit_passed"
-MEASURED = "measured"  # step result only (not an asset): the audit's measures, from `table`
+MEASURED = "measured"  # step result only (not an asset): the merged file's measure, from `table`
+MEASURED_RAW = "measured_raw"  # step result only: the raw files' measure, from `merged_csv`
 DOWNLOAD_CHECK = "all_stores_downloaded"
 
 

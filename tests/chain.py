@@ -14,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.audit import AuditRecord
 from app.csv_io import count_records
 from app.ingest import IngestResult, ingest_file
-from app.merger import MergeResult, merge_bucket
+from app.measure import LoadMeasure
+from app.merger import MergeResult
 from app.pipeline import RawFiles
-from app.reconcile import Measured, audit_bucket, load_and_measure
+from app.reconcile import audit_bucket, load_and_measure, merge_and_measure
 from app.reject_store import replace_rejects
 from app.run_context import RunContext
 
@@ -51,8 +52,9 @@ async def run_chain(
     batch_size: int = 3,
     alongside: bool = True,
 ) -> Chain:
-    """`alongside`: measure while loading, as the `table` step does (False: the audit measures
-    after the load, its fallback)."""
+    """`alongside`: measure the raw files while merging and the merged file while loading, as
+    the `merged_csv` and `table` steps do (False: the audit measures after the load, its
+    fallback)."""
     ctx = RunContext(run_id, run_date, run_date, data_dir)
     raw = RawFiles(
         bucket=bucket,
@@ -62,7 +64,10 @@ async def run_chain(
         rows_by_store={s: count_records(p) for s, p in files.items()},
         failed={},
     )
-    merged = merge_bucket(bucket, run_date, raw.files, data_dir, out_dir=ctx.run_dir)
+    merged, raw_measured = await merge_and_measure(
+        engine, ctx, bucket, raw.files, measure=alongside
+    )
+    assert (raw_measured is not None) == alongside, "the raw measure failed during the merge"
     await replace_rejects(engine, run_id, bucket, run_date, merged.rejects)
 
     def load() -> Awaitable[IngestResult]:
@@ -70,11 +75,11 @@ async def run_chain(
             engine, bucket, run_date, merged.path, run_id=run_id, batch_size=batch_size
         )
 
-    measured: Measured | None = None
+    measured: LoadMeasure | None = None
     if alongside:
         loaded, measured = await load_and_measure(engine, ctx, merged, load)
-        assert measured is not None, "the measures could not be taken alongside the load"
+        assert measured is not None, "the merged file could not be measured alongside the load"
     else:
         loaded = await load()
-    audit = await audit_bucket(engine, ctx, raw, merged, loaded, measured)
+    audit = await audit_bucket(engine, ctx, raw, merged, loaded, raw_measured, measured)
     return Chain(ctx, raw, merged, loaded, audit)

@@ -1,14 +1,17 @@
-"""The audit's measures taken while the load runs (`app.reconcile.load_and_measure`).
+"""The audit's measures taken while earlier steps run: the raw files during the merge
+(`app.reconcile.merge_and_measure`), the merged file during the load (`load_and_measure`).
 
 Real PostgreSQL throughout. What must hold: the measures taken alongside equal the measures
-taken after the load, the table is read back only after the load committed, a failed load or
-a failed measurement never hangs or hides the load's outcome, and a stale exclusion is never
-used.
+taken after the load, the raw files are measured while the merge still runs, the table is read
+back only after the load committed, a failed merge or load or a failed measurement never hangs
+or hides the step's outcome, and a stale exclusion is never used.
 """
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +19,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import app.measure
+import app.merger
 import app.reconcile
 from app.ingest import IngestError, IngestResult, ingest_file
-from app.merger import MergeResult, merge_bucket
-from app.reconcile import Measured, load_and_measure, measure_counts
+from app.measure import LoadMeasure, measure_raw, measure_raw_streamed
+from app.merger import MergeError, MergeResult
+from app.reconcile import RawMeasured, load_and_measure, measure_counts, merge_and_measure
 from app.reject_store import replace_rejects
 from app.run_context import RunContext
 from app.step_results import discard_result, maybe_result, save_result
@@ -29,7 +35,7 @@ from tests.portal_files import MISSED_HEADER, missed_row, write_csv
 D = dt.date(2026, 3, 7)
 
 
-async def _merged(engine: AsyncEngine, data_dir: Path, ctx: RunContext) -> MergeResult:
+def _store_files(data_dir: Path, ctx: RunContext) -> dict[str, Path]:
     """Two stores, an in-file duplicate and a row without its key (quarantined: a reject the
     raw measure must leave out of the distinct keys)."""
     folder = run_dir(data_dir, D, ctx.run_id)
@@ -38,10 +44,21 @@ async def _merged(engine: AsyncEngine, data_dir: Path, ctx: RunContext) -> Merge
     a1 = write_csv(folder / "A1-missed-leads.csv", MISSED_HEADER, rows)
     b_rows = [missed_row("B1", f"Q{i}") for i in range(25)]
     b1 = write_csv(folder / "B1-missed-leads.csv", MISSED_HEADER, b_rows)
-    merge = merge_bucket("missed_leads", D, {"A1": a1, "B1": b1}, data_dir, out_dir=folder)
+    return {"A1": a1, "B1": b1}
+
+
+async def _merged_measured(
+    engine: AsyncEngine, data_dir: Path, ctx: RunContext
+) -> tuple[MergeResult, RawMeasured | None]:
+    files = _store_files(data_dir, ctx)
+    merge, measured = await merge_and_measure(engine, ctx, "missed_leads", files)
     await replace_rejects(engine, ctx.run_id, "missed_leads", D, merge.rejects)
     assert merge.rejects, "the fixture must exercise the raw measure's exclusions"
-    return merge
+    return merge, measured
+
+
+async def _merged(engine: AsyncEngine, data_dir: Path, ctx: RunContext) -> MergeResult:
+    return (await _merged_measured(engine, data_dir, ctx))[0]
 
 
 def _loader(engine: AsyncEngine, merge: MergeResult, ctx: RunContext) -> Any:
@@ -61,17 +78,88 @@ async def test_measures_taken_alongside_equal_the_measures_taken_after(
     engine: AsyncEngine, data_dir: Path
 ) -> None:
     ctx = RunContext("r1", D, D, data_dir)
-    merge = await _merged(engine, data_dir, ctx)
+    merge, raw_measured = await _merged_measured(engine, data_dir, ctx)
+    assert raw_measured is not None
     loaded, measured = await load_and_measure(engine, ctx, merge, _loader(engine, merge, ctx))
     assert measured is not None
-    alongside = await measure_counts(engine, ctx, merge, loaded, measured)
+    alongside = await measure_counts(engine, ctx, merge, loaded, raw_measured, measured)
     after = await measure_counts(engine, ctx, merge, loaded)
     assert alongside == after
     # the read-back ran after the commit: it found every row this run wrote
     assert alongside.written == alongside.merged_rows == alongside.expected_unique == 65
     assert alongside.missing_keys == 0 and alongside.quarantined == 1
-    assert alongside.download_total == 67 and measured.exclude == {"A1": [6]}
-    assert measured.load.duration_ms > 0 and measured.raw.duration_ms > 0
+    assert alongside.download_total == 67 and raw_measured.exclude == {"A1": [6]}
+    assert measured.duration_ms > 0 and raw_measured.raw.duration_ms > 0
+
+
+async def test_the_raw_files_are_measured_while_the_merge_still_runs(
+    engine: AsyncEngine, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first store file is staged by the server before the merger has scanned the last."""
+    ctx = RunContext("r1", D, D, data_dir)
+    files = _store_files(data_dir, ctx)
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    real_scan, real_prepare = app.merger._scan, app.measure._prepare
+
+    def slow_scan(bucket: str, source: Any, *args: Any) -> Any:
+        winners = real_scan(bucket, source, *args)
+        time.sleep(0.5)  # the merger is busy with this file; the server has time for the last
+        with lock:
+            events.append(("scanned", source.store_code))
+        return winners
+
+    def noted_prepare(path: Path) -> Any:
+        with lock:
+            events.append(("staging", path.name[:2]))
+        return real_prepare(path)
+
+    monkeypatch.setattr(app.merger, "_scan", slow_scan)
+    monkeypatch.setattr(app.measure, "_prepare", noted_prepare)
+    _merge, measured = await merge_and_measure(engine, ctx, "missed_leads", files)
+    assert measured is not None and measured.raw.by_store == {"A1": 42, "B1": 25}
+    assert events.index(("staging", "A1")) < events.index(("scanned", "B1")), events
+
+
+async def test_a_streamed_measure_equals_a_listed_one_even_with_a_refused_file(
+    engine: AsyncEngine, data_dir: Path
+) -> None:
+    """A ragged file sends the streamed measure down its careful path: same result."""
+    ctx = RunContext("r1", D, D, data_dir)
+    files = _store_files(data_dir, ctx)
+    ragged = files["A1"].read_text().splitlines()
+    ragged[3] += ",one,cell,too,many"
+    files["A1"].write_text("\n".join(ragged) + "\n")
+    exclude: dict[str, Collection[int]] = {"A1": {3, 6}, "B1": set()}
+
+    async def stream() -> AsyncIterator[tuple[str, Path, Collection[int]]]:
+        for store in sorted(files):
+            yield store, files[store], exclude[store]
+
+    async with engine.connect() as conn:
+        streamed, used = await measure_raw_streamed(conn, "missed_leads", stream())
+    async with engine.connect() as conn:
+        listed = await measure_raw(conn, "missed_leads", files, exclude)
+    assert "A1" in streamed.errors and "line 4" in streamed.errors["A1"]
+    assert used == {"A1": [3, 6]}
+    for name in ("by_store", "total", "expected_unique", "errors", "keyless_rows"):
+        assert getattr(streamed, name) == getattr(listed, name), name
+
+
+async def test_a_failed_merge_is_raised_and_lets_go_of_the_measuring_session(
+    engine: AsyncEngine, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = RunContext("r1", D, D, data_dir)
+    files = _store_files(data_dir, ctx)
+    before = await _sessions(engine)
+
+    def failing_write(*args: Any, **kwargs: Any) -> int:
+        raise MergeError("missed_leads: A1-missed-leads.csv changed while merging")
+
+    monkeypatch.setattr(app.merger, "_write", failing_write)
+    with pytest.raises(MergeError, match="changed while merging"):
+        await asyncio.wait_for(merge_and_measure(engine, ctx, "missed_leads", files), 60)
+    assert await _sessions(engine) <= before
 
 
 async def test_a_failed_load_is_raised_and_lets_go_of_the_measuring_sessions(
@@ -90,20 +178,25 @@ async def test_a_failed_load_is_raised_and_lets_go_of_the_measuring_sessions(
     assert await _sessions(engine) <= before
 
 
-async def test_a_measuring_side_that_fails_leaves_the_audit_to_measure(
+async def test_measuring_sides_that_fail_leave_the_audit_to_measure(
     engine: AsyncEngine, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ctx = RunContext("r1", D, D, data_dir)
-    merge = await _merged(engine, data_dir, ctx)
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise ConnectionResetError("the measuring session was lost")
 
-    monkeypatch.setattr(app.reconcile, "measure_raw", broken)
+    def lost_session(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionResetError("the staging session was lost")
+
+    monkeypatch.setattr(app.reconcile, "measure_raw_streamed", broken)
+    monkeypatch.setattr(app.reconcile, "staged_merged", lost_session)
+    merge, raw_measured = await _merged_measured(engine, data_dir, ctx)
+    assert raw_measured is None and merge.merged_rows == 65  # the merge itself is untouched
     loaded, measured = await load_and_measure(engine, ctx, merge, _loader(engine, merge, ctx))
     assert measured is None and loaded.rows_read == 65  # the load itself is untouched
     monkeypatch.undo()
-    counts = await measure_counts(engine, ctx, merge, loaded, measured)
+    counts = await measure_counts(engine, ctx, merge, loaded, raw_measured, measured)
     assert counts.written == counts.expected_unique == 65 and counts.download_total == 67
 
 
@@ -111,10 +204,10 @@ async def test_a_changed_exclusion_is_measured_again_not_reused(
     engine: AsyncEngine, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ctx = RunContext("r1", D, D, data_dir)
-    merge = await _merged(engine, data_dir, ctx)
+    merge, raw_measured = await _merged_measured(engine, data_dir, ctx)
+    assert raw_measured is not None
     loaded, measured = await load_and_measure(engine, ctx, merge, _loader(engine, merge, ctx))
-    assert measured is not None
-    stale = Measured(measured.raw, measured.load, {"A1": [1, 2, 3]})
+    stale = RawMeasured(raw_measured.raw, {"A1": [1, 2, 3]})
     calls: list[Any] = []
     real = app.reconcile.measure_raw
 
@@ -123,15 +216,18 @@ async def test_a_changed_exclusion_is_measured_again_not_reused(
         return await real(*args, **kwargs)
 
     monkeypatch.setattr(app.reconcile, "measure_raw", counting)
-    assert await measure_counts(engine, ctx, merge, loaded, measured) is not None
-    assert calls == []  # the same exclusion: the measure taken alongside is used
-    await measure_counts(engine, ctx, merge, loaded, stale)
+    assert await measure_counts(engine, ctx, merge, loaded, raw_measured, measured) is not None
+    assert calls == []  # the same exclusion: the measure taken during the merge is used
+    await measure_counts(engine, ctx, merge, loaded, stale, measured)
     assert len(calls) == 1  # another exclusion: measured again
 
 
-def test_a_discarded_hand_off_is_not_handed_on(data_dir: Path) -> None:
-    """The table step discards its measures before it runs again in the same run."""
+@pytest.mark.parametrize(
+    ("kind", "step"), [(RawMeasured, "measured_raw"), (LoadMeasure, "measured")]
+)
+def test_a_discarded_hand_off_is_not_handed_on(data_dir: Path, kind: type, step: str) -> None:
+    """The merge and table steps discard their measures before they run again in one run."""
     ctx = RunContext("r1", D, D, data_dir)
-    save_result(ctx, "missed_leads", "measured", {"raw": 1})
-    discard_result(ctx, "missed_leads", "measured")
-    assert maybe_result(ctx, Measured, "missed_leads", "measured") is None
+    save_result(ctx, "missed_leads", step, {"raw": 1})
+    discard_result(ctx, "missed_leads", step)
+    assert maybe_result(ctx, kind, "missed_leads", step) is None
