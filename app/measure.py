@@ -94,7 +94,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.coercion import INT64_MAX, INT64_MIN, NULL_TOKENS, is_mobile_column
 from app.config import MERGE_BUCKET_DB_SPECS, CoerceKind
 from app.csv_io import is_empty_report
-from app.merger import map_header
+from app.header_map import map_header
 
 SUPPORTED_KEY_KINDS: frozenset[str] = frozenset({"str", "int"})
 EXAMPLES = 5
@@ -738,18 +738,32 @@ async def measure_raw_streamed(
     seen: list[tuple[str, Path]] = []
     exclude: dict[str, Collection[int]] = {}
 
+    async def take() -> tuple[str, _Source, Collection[int]] | None:
+        item = await anext(files, None)
+        if item is None:
+            return None
+        store, path, ordinals = item
+        exclude[store] = _checked({store: ordinals})[store]
+        seen.append((store, Path(path)))
+        return store, await asyncio.to_thread(_prepare, Path(path)), ordinals
+
+    # The next file is taken and read while the server parses the current one. A file taken is
+    # always in `seen`, so the careful attempt after a refusal measures every file.
+    ahead: list[asyncio.Future[tuple[str, _Source, Collection[int]] | None]] = []
+
     async def arriving() -> AsyncIterator[tuple[str, _Source, Collection[int]]]:
-        async for store, path, ordinals in files:
-            exclude[store] = _checked({store: ordinals})[store]
-            seen.append((store, Path(path)))
-            yield store, await asyncio.to_thread(_prepare, Path(path)), ordinals
+        ahead.append(asyncio.ensure_future(take()))
+        while (got := await ahead[-1]) is not None:
+            ahead.append(asyncio.ensure_future(take()))
+            yield got
 
     try:
         stager, measured = await _measure_raw_once(conn, bucket, keys, arriving())
     except _Retry:
-        async for store, path, ordinals in files:  # the rest of the stream, then carefully
-            exclude[store] = _checked({store: ordinals})[store]
-            seen.append((store, Path(path)))
+        if ahead and await ahead[-1] is not None:
+            async for store, path, ordinals in files:  # the rest of the stream
+                exclude[store] = _checked({store: ordinals})[store]
+                seen.append((store, Path(path)))
         stager, measured = await _measure_raw_once(
             conn, bucket, keys, _listed(sorted(seen), exclude), careful=True
         )

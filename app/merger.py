@@ -57,21 +57,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from app.coercion import normalize_header
 from app.config import MERGE_BUCKET_DB_SPECS, merged_name, validate_store_code
 from app.csv_io import count_records
+from app.header_map import HeaderMap, header_lookup, map_header
 from app.json_logger import log_event
 from app.rejects import Reject, counts_by_code, split_counts
-from app.report_check import (
-    CoercerPool,
-    HeaderMap,
-    ReportProblem,
-    header_lookup,
-    map_header,
-    read_report,
-)
+from app.report_check import CoercerPool, ReportProblem, read_report
 
 __all__ = [
     "HeaderMap",
@@ -83,7 +77,14 @@ __all__ = [
 ]
 
 
-OnScanned = Callable[[str, Path, frozenset[int]], None]
+class ScanListener(Protocol):
+    """Told of each store file the first pass has read whole and will merge, then of the end
+    of the first pass (the audit's raw measure, `app.raw_measure_worker`)."""
+
+    def scanned(self, store: str, path: Path, ordinals: frozenset[int]) -> None:
+        """`ordinals`: the 1-based records of that file the merger rejected."""
+
+    def all_scanned(self) -> None: ...
 
 
 class MergeError(Exception):
@@ -301,14 +302,14 @@ def merge_bucket(
     data_dir: Path,
     *,
     out_dir: Path | None = None,
-    on_scanned: OnScanned | None = None,
+    listener: ScanListener | None = None,
 ) -> MergeResult:
     """Stream-merge and dedupe one bucket's store files for one run date (see module docstring).
 
-    `out_dir` is where the merged file goes (default `data_dir/<run date>/`). `on_scanned` is
-    called with (store, path, ordinals of its rejected records) for each store file as soon as
-    the first pass has read it whole and it will be merged, in merging order (the audit's raw
-    measure starts on that file then, `app.reconcile.merge_and_measure`). A store whose file
+    `out_dir` is where the merged file goes (default `data_dir/<run date>/`). `listener`
+    hears of each store file as soon as the first pass has read it whole and it will be merged,
+    in merging order, and of the first pass's end (the audit's raw measure starts on each file
+    then: `app.reconcile.merge_and_measure`). A store whose file
     has a file-level problem is listed in `failed_stores` and merged as if absent. Raises
     MergeError only when no correct merged file can be written (a file changed while being
     merged, the merged file does not read back); any failure is logged (phase=merge,
@@ -316,7 +317,7 @@ def merge_bucket(
     """
     try:
         folder = out_dir or data_dir / run_date.isoformat()
-        return _merge(bucket, run_date, store_files, folder, on_scanned)
+        return _merge(bucket, run_date, store_files, folder, listener)
     except Exception as exc:
         log_event(
             "merge",
@@ -330,7 +331,7 @@ def merge_bucket(
 
 
 def _pass_one(
-    bucket: str, sources: list[_Source], run_date: dt.date, on_scanned: OnScanned | None = None
+    bucket: str, sources: list[_Source], run_date: dt.date, listener: ScanListener | None = None
 ) -> tuple[dict[tuple[Any, ...], _Winner], list[_Source], dict[str, str]]:
     """Scan every store; (winners, merged sources, failed store -> reason)."""
     key_of, prefer = _key_getter(bucket), _Preference.for_bucket(bucket)
@@ -357,9 +358,11 @@ def _pass_one(
             continue
         winners = _fold(winners, store_winners, prefer)
         merged.append(source)
-        if on_scanned is not None:
+        if listener is not None:
             own = {r.record_no for r in source.rejects if r.store_code == source.store_code}
-            on_scanned(source.store_code, source.path, frozenset(own))
+            listener.scanned(source.store_code, source.path, frozenset(own))
+    if listener is not None:
+        listener.all_scanned()
     return winners, merged, failed
 
 
@@ -368,7 +371,7 @@ def _merge(
     run_date: dt.date,
     store_files: Mapping[str, Path],
     out_dir: Path,
-    on_scanned: OnScanned | None = None,
+    listener: ScanListener | None = None,
 ) -> MergeResult:
     started = time.perf_counter()
     columns = list(MERGE_BUCKET_DB_SPECS[bucket]["column_map"])
@@ -376,7 +379,7 @@ def _merge(
         _Source(index, validate_store_code(code), Path(path))
         for index, (code, path) in enumerate(sorted(store_files.items(), key=lambda kv: kv[0]))
     ]
-    winners, merged, failed = _pass_one(bucket, sources, run_date, on_scanned)
+    winners, merged, failed = _pass_one(bucket, sources, run_date, listener)
     expected_unique = len(winners)
     keep: list[set[int]] = [set() for _ in sources]
     for file_index, record_no, _ in winners.values():

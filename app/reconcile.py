@@ -7,10 +7,10 @@ When: the measurements need the server to parse every raw file and the merged fi
 (docs/benchmarks.md). None of that needs to wait for the audit step, so each is taken while
 the Python side of an earlier step keeps one core busy and the server idles:
 
-- the raw files during the merge (`merge_and_measure`): the merger runs in a worker thread and
-  hands each store file on as soon as its first pass is done with it, so the server parses
-  file k while the merger reads file k+1. The measure leaves out the records the merger
-  rejected in that file;
+- the raw files during the merge (`merge_and_measure`): the merger hands each store file to a
+  measuring process (`app.raw_measure_worker`) as soon as its first pass is done with it, so
+  the server parses file k while the merger reads file k+1. The measure leaves out the records
+  the merger rejected in that file;
 - the merged file during the load (`load_and_measure`): a thread with its own event loop and
   engine (the load's parsing keeps its own loop busy on purpose) stages the merged file, and
   reads the table back only once the load has committed.
@@ -24,7 +24,7 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,16 +35,10 @@ from app.audit import FAILED, AuditRecord, Counts, build_manifest, evaluate, sav
 from app.db.engine import create_engine
 from app.ingest import IngestResult
 from app.json_logger import log_event
-from app.measure import (
-    LoadMeasure,
-    RawMeasure,
-    measure_load,
-    measure_raw,
-    measure_raw_streamed,
-    staged_merged,
-)
-from app.merger import MergeResult, OnScanned, merge_bucket
+from app.measure import LoadMeasure, RawMeasure, measure_load, measure_raw, staged_merged
+from app.merger import MergeResult, ScanListener, merge_bucket
 from app.pipeline import RawFiles
+from app.raw_measure_worker import MeasureWorkerError, RawMeasureWorker
 from app.reject_store import first_rejects, reject_counts, rejected_records
 from app.run_context import RunContext
 
@@ -87,57 +81,36 @@ async def merge_and_measure(
     measure: bool = True,
 ) -> tuple[MergeResult, RawMeasured | None]:
     """Merge the run's store `files` into the run's folder (`merge_bucket` in a worker thread)
-    while the raw files it has scanned are measured on this loop's `engine`.
+    while the raw files it has scanned are measured in a process of their own, on `engine`'s
+    database (`app.raw_measure_worker`).
 
     The measure is None when it could not be taken, or when the files it measured are not
     exactly the merged stores' (the audit then measures itself), and without `measure`. A
     failed merge is re-raised once the measuring session has let go."""
 
-    def merge(on_scanned: OnScanned | None = None) -> MergeResult:
+    def merge(listener: ScanListener | None = None) -> MergeResult:
         return merge_bucket(
-            bucket, ctx.run_date, files, ctx.data_dir, out_dir=ctx.run_dir, on_scanned=on_scanned
+            bucket, ctx.run_date, files, ctx.data_dir, out_dir=ctx.run_dir, listener=listener
         )
 
     if not measure:
         return merge(), None
-    loop = asyncio.get_running_loop()
-    arrived: asyncio.Queue[tuple[str, Path, frozenset[int]] | None] = asyncio.Queue()
-
-    def scanned(store: str, path: Path, ordinals: frozenset[int]) -> None:
-        loop.call_soon_threadsafe(arrived.put_nowait, (store, path, ordinals))
-
-    def merging() -> MergeResult:
-        try:
-            return merge(scanned)
-        finally:
-            loop.call_soon_threadsafe(arrived.put_nowait, None)
-
-    async def scanned_files() -> AsyncIterator[tuple[str, Path, frozenset[int]]]:
-        while (item := await arrived.get()) is not None:
-            yield item
-
-    async def measured_raw() -> RawMeasured:
-        async with engine.connect() as conn:
-            raw, used = await measure_raw_streamed(conn, bucket, scanned_files())
-        return RawMeasured(raw, used)
-
-    side = asyncio.ensure_future(measured_raw())
+    worker = RawMeasureWorker(engine.url, bucket)
     try:
-        merged = await asyncio.to_thread(merging)
-    except asyncio.CancelledError:
-        side.cancel()
-        raise
+        merged = await asyncio.to_thread(merge, worker)
     except BaseException:
-        await asyncio.gather(side, return_exceptions=True)
+        worker.stop()
         raise
     try:
-        measured = await side
-    except Exception as exc:  # the audit measures again; the merge itself is fine
+        raw, used = await worker.result()
+    except MeasureWorkerError as exc:  # the audit measures again; the merge itself is fine
         _side_failed("the raw files during the merge", exc, bucket, ctx)
         return merged, None
-    if set(measured.raw.by_store) != set(merged.merged_stores):
+    finally:
+        worker.stop()
+    if set(raw.by_store) != set(merged.merged_stores):
         return merged, None  # not the files merged (cannot happen: the merger names them)
-    return merged, measured
+    return merged, RawMeasured(raw, used)
 
 
 async def _measure_merged(

@@ -9,7 +9,10 @@ or hides the step's outcome, and a stale exclusion is never used.
 
 import asyncio
 import datetime as dt
-import threading
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Collection
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import app.measure
@@ -25,6 +29,7 @@ import app.reconcile
 from app.ingest import IngestError, IngestResult, ingest_file
 from app.measure import LoadMeasure, measure_raw, measure_raw_streamed
 from app.merger import MergeError, MergeResult
+from app.raw_measure_worker import RawMeasureWorker
 from app.reconcile import RawMeasured, load_and_measure, measure_counts, merge_and_measure
 from app.reject_store import replace_rejects
 from app.run_context import RunContext
@@ -92,33 +97,41 @@ async def test_measures_taken_alongside_equal_the_measures_taken_after(
     assert measured.duration_ms > 0 and raw_measured.raw.duration_ms > 0
 
 
+async def _staging_seen(engine: AsyncEngine) -> bool:
+    """Has another session COPYed into a measure's staging table (its last statement)?"""
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+        "AND query LIKE 'COPY \"crm_measure_%'"
+    )
+    async with engine.connect() as conn:
+        return bool((await conn.execute(text(sql))).scalar_one())
+
+
 async def test_the_raw_files_are_measured_while_the_merge_still_runs(
     engine: AsyncEngine, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first store file is staged by the server before the merger has scanned the last."""
+    """While the merger is still scanning the last store file, the measuring process has
+    already COPYed the first one (seen in pg_stat_activity: the measure runs elsewhere)."""
     ctx = RunContext("r1", D, D, data_dir)
     files = _store_files(data_dir, ctx)
-    events: list[tuple[str, str]] = []
-    lock = threading.Lock()
-    real_scan, real_prepare = app.merger._scan, app.measure._prepare
+    loop = asyncio.get_running_loop()
+    seen_during_b1: list[bool] = []
+    real_scan = app.merger._scan
 
     def slow_scan(bucket: str, source: Any, *args: Any) -> Any:
-        winners = real_scan(bucket, source, *args)
-        time.sleep(0.5)  # the merger is busy with this file; the server has time for the last
-        with lock:
-            events.append(("scanned", source.store_code))
-        return winners
-
-    def noted_prepare(path: Path) -> Any:
-        with lock:
-            events.append(("staging", path.name[:2]))
-        return real_prepare(path)
+        if source.store_code == "B1":  # A1 has been handed on; wait for it to be staged
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if asyncio.run_coroutine_threadsafe(_staging_seen(engine), loop).result(10):
+                    seen_during_b1.append(True)
+                    break
+                time.sleep(0.1)
+        return real_scan(bucket, source, *args)
 
     monkeypatch.setattr(app.merger, "_scan", slow_scan)
-    monkeypatch.setattr(app.measure, "_prepare", noted_prepare)
     _merge, measured = await merge_and_measure(engine, ctx, "missed_leads", files)
+    assert seen_during_b1 == [True], "A1 was not staged while the merger scanned B1"
     assert measured is not None and measured.raw.by_store == {"A1": 42, "B1": 25}
-    assert events.index(("staging", "A1")) < events.index(("scanned", "B1")), events
 
 
 async def test_a_streamed_measure_equals_a_listed_one_even_with_a_refused_file(
@@ -178,26 +191,78 @@ async def test_a_failed_load_is_raised_and_lets_go_of_the_measuring_sessions(
     assert await _sessions(engine) <= before
 
 
+class _NoDatabase(RawMeasureWorker):
+    """A measuring process given a database that is not there: its connect fails."""
+
+    def __init__(self, url: URL, bucket: str) -> None:
+        super().__init__(url.set(database="crm_no_such_database"), bucket)
+
+
+class _Killed(RawMeasureWorker):
+    """A measuring process killed with SIGKILL once the merger has scanned every file."""
+
+    def all_scanned(self) -> None:
+        if self._process.is_alive():
+            os.kill(self._process.pid or 0, signal.SIGKILL)
+            self._process.join(10)
+        super().all_scanned()
+
+
+@pytest.mark.parametrize("worker", [_NoDatabase, _Killed])
 async def test_measuring_sides_that_fail_leave_the_audit_to_measure(
-    engine: AsyncEngine, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine, data_dir: Path, monkeypatch: pytest.MonkeyPatch, worker: type
 ) -> None:
     ctx = RunContext("r1", D, D, data_dir)
-
-    async def broken(*args: Any, **kwargs: Any) -> Any:
-        raise ConnectionResetError("the measuring session was lost")
+    await engine.dispose()
+    before = await _sessions(engine)
 
     def lost_session(*args: Any, **kwargs: Any) -> Any:
         raise ConnectionResetError("the staging session was lost")
 
-    monkeypatch.setattr(app.reconcile, "measure_raw_streamed", broken)
+    monkeypatch.setattr(app.reconcile, "RawMeasureWorker", worker)
     monkeypatch.setattr(app.reconcile, "staged_merged", lost_session)
-    merge, raw_measured = await _merged_measured(engine, data_dir, ctx)
+    merge, raw_measured = await asyncio.wait_for(_merged_measured(engine, data_dir, ctx), 60)
     assert raw_measured is None and merge.merged_rows == 65  # the merge itself is untouched
     loaded, measured = await load_and_measure(engine, ctx, merge, _loader(engine, merge, ctx))
     assert measured is None and loaded.rows_read == 65  # the load itself is untouched
     monkeypatch.undo()
     counts = await measure_counts(engine, ctx, merge, loaded, raw_measured, measured)
     assert counts.written == counts.expected_unique == 65 and counts.download_total == 67
+    await engine.dispose()  # only this test's own pooled sessions go; a child's would stay
+    assert await _sessions(engine) <= before
+
+
+def test_a_measuring_process_outlives_no_killed_parent(database_url: URL, tmp_path: Path) -> None:
+    """A step killed with SIGKILL leaves no measuring process behind (it watches its parent)."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from sqlalchemy.engine import make_url\n"
+        "from app.raw_measure_worker import RawMeasureWorker\n"
+        "if __name__ == '__main__':\n"
+        "    worker = RawMeasureWorker(make_url(sys.argv[1]), 'missed_leads')\n"
+        "    print(worker._process.pid, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    url = database_url.render_as_string(hide_password=False)
+    done = subprocess.run(
+        [sys.executable, str(script), url], capture_output=True, text=True, timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    child = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.2)
+    assert not _alive(child), f"measuring process {child} outlived its killed parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's reaping is left
 
 
 async def test_a_changed_exclusion_is_measured_again_not_reused(
