@@ -61,6 +61,8 @@ class Counts:
     reader_by_store: dict[str, int] = field(default_factory=dict)
     measure_errors: dict[str, str] = field(default_factory=dict)
     first_blocking: list[dict[str, Any]] = field(default_factory=list)
+    # where each measure was taken: {"raw_files": ..., "merged_file": ...} (app.reconcile)
+    measured_when: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from app.raw_measure_worker import MeasureWorkerError, RawMeasureWorker
 from app.reject_store import first_rejects, reject_counts, rejected_records
 from app.run_context import RunContext
 
+DURING_MERGE, DURING_LOAD, BY_AUDIT = "during the merge", "during the load", "by the audit step"
 EMPTY_DAY = "every store returned an empty report: check that the portal knows these store codes"
 
 
@@ -199,15 +200,19 @@ async def measure_counts(
         quarantined, blocking = await reject_counts(conn, ctx.run_id, bucket, ctx.run_date)
         await conn.commit()
 
+    when = {"raw_files": DURING_MERGE, "merged_file": DURING_LOAD}
+
     async def _raw() -> RawMeasure:
         if raw_measured is not None and raw_measured.exclude == _exclude_key(exclude):
             return raw_measured.raw
+        when["raw_files"] = BY_AUDIT
         async with engine.connect() as conn:
             return await measure_raw(conn, bucket, files, exclude)
 
     async def _load() -> LoadMeasure:
         if load_measured is not None:
             return load_measured
+        when["merged_file"] = BY_AUDIT
         async with engine.connect() as conn:
             return await measure_load(
                 conn, bucket, merge.path, run_id=ctx.run_id, run_date=ctx.run_date
@@ -237,6 +242,7 @@ async def measure_counts(
         first_blocking=(
             await first_rejects(engine, ctx.run_id, bucket, ctx.run_date) if blocking else []
         ),
+        measured_when=when,
     )
 
 
@@ -324,6 +330,7 @@ def _details(c: Counts) -> dict[str, Any]:
         "reader_rows_by_store": c.reader_by_store,
         "measure_errors": c.measure_errors,
         "missing_examples": c.missing_examples[:5],
+        "measured_when": c.measured_when,
         "first_blocking": [
             {k: v for k, v in r.items() if k != "blocking"} for r in c.first_blocking[:5]
         ],

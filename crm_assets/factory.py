@@ -435,6 +435,8 @@ def audit_metadata(record: AuditRecord) -> dict[str, Any]:
         md_table(["store", "reason"], sorted(record.failed_stores.items()))
     )
     meta["files"] = len(record.manifest)
+    if when := (record.details or {}).get("measured_when"):
+        meta["measured_when"] = dg.MetadataValue.json(when)
     return meta
 
 

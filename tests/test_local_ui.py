@@ -270,7 +270,7 @@ def audit_rows(params: dict[str, Any], run_date: dt.date) -> list[tuple[Any, ...
     try:
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT bucket, status, reason, cleanup_status FROM pipeline_audit"
+                "SELECT bucket, status, reason, cleanup_status, details FROM pipeline_audit"
                 " WHERE run_date = %s ORDER BY bucket",
                 (run_date,),
             )
@@ -304,7 +304,9 @@ def test_local_ui_runs_todays_partition_and_the_daemon_cleans_up(local_ui: UiPro
     assert SIM_PASSWORD not in run["runConfigYaml"]  # the login came through the environment
 
     audits = audit_rows(params, today)
-    assert [(b, s) for b, s, _, _ in audits] == [(b, "passed") for b in sorted(BUCKETS)], audits
+    assert [(b, s) for b, s, *_ in audits] == [(b, "passed") for b in sorted(BUCKETS)], audits
+    # in a run worker too, the raw files were measured by the merge step's measuring process
+    assert {a[4]["measured_when"]["raw_files"] for a in audits} == {"during the merge"}, audits
 
     def cleaned() -> bool:
         rows = audit_rows(params, today)
