@@ -7,17 +7,24 @@ coroutine on a thread of the same process needs the GIL at every socket event of
 takes 0.4 s alone (docs/benchmarks.md, "Measuring during the merge"). A spawned process has its
 own interpreter and its own GIL, on the core the merger leaves idle.
 
+Start: `forkserver`, never `fork` (the parent has threads and a running event loop, and a
+forked copy of them is a deadlock waiting to happen). Spawning a fresh interpreter per bucket
+cost ~0.6 s of imports, longer than a day's merge of 500 small files takes, so the run starts
+the fork server early (`warm_up`, from the download step): it imports this module once, and
+each measuring process is then a fork of that clean, single-threaded server, ready at once.
+
 Protocol: the parent puts `(store, path, ordinals)` per scanned file and then `None` on the
 inbox; the child answers once on the outbox with `("ok", (RawMeasure, exclusion used))` or
-`("error", text)`. `spawn`, never `fork`: the parent has threads and a running event loop. The
-child checks every second that its parent is still there, so a parent killed with SIGKILL
-leaves no measuring process (and no session) behind.
+`("error", text)`. The child checks every second that its parent is still there, so a parent
+killed with SIGKILL leaves no measuring process (and no session) behind.
 """
 
 import asyncio
+import contextlib
 import multiprocessing
-import os
+import multiprocessing.forkserver
 import queue
+import threading
 import time
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path
@@ -28,7 +35,15 @@ from sqlalchemy.engine import URL
 from app.measure import RawMeasure, measure_raw_streamed
 
 _POLL_S = 1.0
-_START = multiprocessing.get_context("spawn")
+_START = multiprocessing.get_context("forkserver")
+_START.set_forkserver_preload([__name__, "app.db.engine"])
+
+
+def warm_up() -> None:
+    """Start the fork server now (it imports in the background), so the merge steps' measuring
+    processes start at once. Idempotent; a failure only means a slower start later."""
+    with contextlib.suppress(Exception):
+        multiprocessing.forkserver.ensure_running()
 
 
 class MeasureWorkerError(RuntimeError):
@@ -39,12 +54,13 @@ class _ParentGone(Exception):
     pass
 
 
-def _next(inbox: Any, parent: int) -> tuple[str, Path, Collection[int]] | None:
+def _next(inbox: Any) -> tuple[str, Path, Collection[int]] | None:
+    parent = multiprocessing.parent_process()  # the step's process, not the fork server
     while True:
         try:
             item = inbox.get(timeout=_POLL_S)
         except queue.Empty:
-            if os.getppid() != parent:
+            if parent is not None and not parent.is_alive():
                 raise _ParentGone from None
             continue
         if item is None:
@@ -53,13 +69,11 @@ def _next(inbox: Any, parent: int) -> tuple[str, Path, Collection[int]] | None:
         return store, Path(path), frozenset(ordinals)
 
 
-async def _measure(
-    url: URL, bucket: str, inbox: Any, parent: int
-) -> tuple[RawMeasure, dict[str, list[int]]]:
+async def _measure(url: URL, bucket: str, inbox: Any) -> tuple[RawMeasure, dict[str, list[int]]]:
     from app.db.engine import create_engine
 
     async def files() -> AsyncIterator[tuple[str, Path, Collection[int]]]:
-        while (item := await asyncio.to_thread(_next, inbox, parent)) is not None:
+        while (item := await asyncio.to_thread(_next, inbox)) is not None:
             yield item
 
     engine = create_engine(url, pool_size=1)
@@ -70,9 +84,9 @@ async def _measure(
         await engine.dispose()
 
 
-def _serve(url: URL, bucket: str, inbox: Any, outbox: Any, parent: int) -> None:
+def _serve(url: URL, bucket: str, inbox: Any, outbox: Any) -> None:
     try:
-        outbox.put(("ok", asyncio.run(_measure(url, bucket, inbox, parent))))
+        outbox.put(("ok", asyncio.run(_measure(url, bucket, inbox))))
     except _ParentGone:
         return
     except BaseException as exc:  # reported to the parent, which falls back
@@ -80,19 +94,30 @@ def _serve(url: URL, bucket: str, inbox: Any, outbox: Any, parent: int) -> None:
 
 
 class RawMeasureWorker:
-    """One bucket's raw measure in a spawned process (see the module docstring)."""
+    """One bucket's raw measure in a process of its own (see the module docstring).
+
+    The process is started on a thread, so the merge never waits for it (a cold fork server
+    takes ~0.6 s to answer); the files the merger hands on meanwhile wait in the queue."""
 
     def __init__(self, url: URL, bucket: str) -> None:
         self._inbox: Any = _START.Queue()
         self._outbox: Any = _START.Queue()
         self._process = _START.Process(
             target=_serve,
-            args=(url, bucket, self._inbox, self._outbox, os.getpid()),
+            args=(url, bucket, self._inbox, self._outbox),
             name=f"crm-measure-{bucket}",
             daemon=True,
         )
         self._ended = self._answered = False
-        self._process.start()
+        self._start_error: BaseException | None = None
+        self._starter = threading.Thread(target=self._start, name="crm-measure-start", daemon=True)
+        self._starter.start()
+
+    def _start(self) -> None:
+        try:
+            self._process.start()
+        except BaseException as exc:  # no process: the answer is an error, the merge goes on
+            self._start_error = exc
 
     def scanned(self, store: str, path: Path, ordinals: frozenset[int]) -> None:
         """A merger's `ScanListener`: never blocks the merger (the queue has a feeder thread)."""
@@ -109,7 +134,14 @@ class RawMeasureWorker:
         self.all_scanned()
         return await asyncio.to_thread(self._wait)
 
+    def _started(self) -> bool:
+        self._starter.join()
+        return self._start_error is None
+
     def _wait(self) -> tuple[RawMeasure, dict[str, list[int]]]:
+        if not self._started():
+            error = self._start_error
+            raise MeasureWorkerError(f"no measuring process: {type(error).__name__}: {error}")
         while True:
             try:
                 kind, value = self._outbox.get(timeout=_POLL_S)
@@ -132,7 +164,7 @@ class RawMeasureWorker:
         """End the process. After its answer it is already on its way out (its session closed
         before it answered), so it is not waited for; without an answer (a failed merge, a lost
         measure) it is terminated, with its session."""
-        if not self._answered and self._process.is_alive():
+        if self._started() and not self._answered and self._process.is_alive():
             self._process.terminate()
             self._process.join(timeout=5)
         for q in (self._inbox, self._outbox):

@@ -38,7 +38,7 @@ from app.json_logger import log_event
 from app.measure import LoadMeasure, RawMeasure, measure_load, measure_raw, staged_merged
 from app.merger import MergeResult, ScanListener, merge_bucket
 from app.pipeline import RawFiles
-from app.raw_measure_worker import MeasureWorkerError, RawMeasureWorker
+from app.raw_measure_worker import RawMeasureWorker, warm_up
 from app.reject_store import first_rejects, reject_counts, rejected_records
 from app.run_context import RunContext
 
@@ -96,7 +96,12 @@ async def merge_and_measure(
 
     if not measure:
         return merge(), None
-    worker = RawMeasureWorker(engine.url, bucket)
+    try:
+        warm_up()  # already done by the download step of the same run: then a no-op
+        worker = RawMeasureWorker(engine.url, bucket)
+    except Exception as exc:  # no process to be had (limits, memory): merge, the audit measures
+        _side_failed("the raw files during the merge", exc, bucket, ctx)
+        return merge(), None
     try:
         merged = await asyncio.to_thread(merge, worker)
     except BaseException:
@@ -104,7 +109,7 @@ async def merge_and_measure(
         raise
     try:
         raw, used = await worker.result()
-    except MeasureWorkerError as exc:  # the audit measures again; the merge itself is fine
+    except Exception as exc:  # the audit measures again; the merge itself is fine
         _side_failed("the raw files during the merge", exc, bucket, ctx)
         return merged, None
     finally:

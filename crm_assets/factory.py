@@ -32,6 +32,7 @@ from app.ingest import IngestResult, ingest_file
 from app.measure import LoadMeasure
 from app.merger import MergeResult
 from app.pipeline import RawFiles, acquire_raw_files
+from app.raw_measure_worker import warm_up
 from app.reconcile import (
     EMPTY_DAY,
     RawMeasured,
@@ -149,6 +150,7 @@ def build_download_asset(buckets: Sequence[str]) -> dg.AssetsDefinition:
     ):
         ctx = run_context(context, data_dir.root())
         selected = [b for b in buckets if key(b, RAW) in context.selected_asset_keys]
+        warm_up()  # the merge steps' measuring processes: their fork server imports meanwhile
         # An async generator resumes in a fresh context at every yield: set the log's run id
         # around the awaited work only, never across a yield.
         with json_logger.run_context(ctx.run_id):

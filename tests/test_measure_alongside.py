@@ -211,17 +211,24 @@ class _NoDatabase(RawMeasureWorker):
         super().__init__(url.set(database="crm_no_such_database"), bucket)
 
 
+class _NoProcess(RawMeasureWorker):
+    """No measuring process can be started (a process limit, no memory)."""
+
+    def __init__(self, url: URL, bucket: str) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+
 class _Killed(RawMeasureWorker):
     """A measuring process killed with SIGKILL once the merger has scanned every file."""
 
     def all_scanned(self) -> None:
-        if self._process.is_alive():
+        if self._started() and self._process.is_alive():
             os.kill(self._process.pid or 0, signal.SIGKILL)
             self._process.join(10)
         super().all_scanned()
 
 
-@pytest.mark.parametrize("worker", [_NoDatabase, _Killed])
+@pytest.mark.parametrize("worker", [_NoDatabase, _NoProcess, _Killed])
 async def test_measuring_sides_that_fail_leave_the_audit_to_measure(
     engine: AsyncEngine, data_dir: Path, monkeypatch: pytest.MonkeyPatch, worker: type
 ) -> None:
@@ -254,6 +261,7 @@ def test_a_measuring_process_outlives_no_killed_parent(database_url: URL, tmp_pa
         "from app.raw_measure_worker import RawMeasureWorker\n"
         "if __name__ == '__main__':\n"
         "    worker = RawMeasureWorker(make_url(sys.argv[1]), 'missed_leads')\n"
+        "    worker._starter.join()\n"
         "    print(worker._process.pid, flush=True)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )
