@@ -741,13 +741,16 @@ async def measure_raw_streamed(
     seen: list[tuple[str, Path]] = []
     exclude: dict[str, Collection[int]] = {}
 
+    def note(store: str, path: Path, ordinals: Collection[int]) -> None:
+        exclude[store] = _checked({store: ordinals})[store]
+        seen.append((store, Path(path)))
+
     async def take() -> tuple[str, _Source, Collection[int]] | None:
         item = await anext(files, None)
         if item is None:
             return None
+        note(*item)
         store, path, ordinals = item
-        exclude[store] = _checked({store: ordinals})[store]
-        seen.append((store, Path(path)))
         return store, await asyncio.to_thread(_prepare, Path(path)), ordinals
 
     # The next file is taken and read while the server parses the current one. A file taken is
@@ -764,9 +767,8 @@ async def measure_raw_streamed(
         stager, measured = await _measure_raw_once(conn, bucket, keys, arriving())
     except _Retry:
         if ahead and await ahead[-1] is not None:
-            async for store, path, ordinals in files:  # the rest of the stream
-                exclude[store] = _checked({store: ordinals})[store]
-                seen.append((store, Path(path)))
+            async for item in files:  # the rest of the stream
+                note(*item)
         stager, measured = await _measure_raw_once(
             conn, bucket, keys, _listed(sorted(seen), exclude), careful=True
         )

@@ -4,8 +4,8 @@ Why a process and not a thread: the merger is pure Python and holds the GIL. A m
 coroutine on a thread of the same process needs the GIL at every socket event of every COPY
 (about five round trips per file), waits for it each time, and so fell behind the merger: on
 100,000 rows over 102 files it finished staging only as the merge ended, 2.3 s in, for work that
-takes 0.4 s alone (docs/benchmarks.md, "Measuring during the merge"). A spawned process has its
-own interpreter and its own GIL, on the core the merger leaves idle.
+takes 0.4 s alone (docs/benchmarks.md, "Measuring during the merge and the load"). A process
+has its own interpreter and its own GIL, on the core the merger leaves idle.
 
 Start: `forkserver`, never `fork` (the parent has threads and a running event loop, and a
 forked copy of them is a deadlock waiting to happen). Spawning a fresh interpreter per bucket
