@@ -36,7 +36,7 @@ from app.measure import RawMeasure, measure_raw_streamed
 
 _POLL_S = 1.0
 _START = multiprocessing.get_context("forkserver")
-_START.set_forkserver_preload([__name__, "app.db.engine"])
+_START.set_forkserver_preload([__name__, "app.measure_preload"])
 
 
 def warm_up() -> None:
@@ -54,27 +54,31 @@ class _ParentGone(Exception):
     pass
 
 
-def _next(inbox: Any) -> tuple[str, Path, Collection[int]] | None:
+def _arrived(inbox: Any) -> list[tuple[str, Path, Collection[int]] | None]:
+    """Every item waiting (at least one): one thread hop per batch, not per file."""
     parent = multiprocessing.parent_process()  # the step's process, not the fork server
     while True:
         try:
-            item = inbox.get(timeout=_POLL_S)
+            items = [inbox.get(timeout=_POLL_S)]
+            break
         except queue.Empty:
             if parent is not None and not parent.is_alive():
                 raise _ParentGone from None
-            continue
-        if item is None:
-            return None
-        store, path, ordinals = item
-        return store, Path(path), frozenset(ordinals)
+    with contextlib.suppress(queue.Empty):
+        while items[-1] is not None:
+            items.append(inbox.get_nowait())
+    return [None if i is None else (i[0], Path(i[1]), frozenset(i[2])) for i in items]
 
 
 async def _measure(url: URL, bucket: str, inbox: Any) -> tuple[RawMeasure, dict[str, list[int]]]:
     from app.db.engine import create_engine
 
     async def files() -> AsyncIterator[tuple[str, Path, Collection[int]]]:
-        while (item := await asyncio.to_thread(_next, inbox)) is not None:
-            yield item
+        while True:
+            for item in await asyncio.to_thread(_arrived, inbox):
+                if item is None:
+                    return
+                yield item
 
     engine = create_engine(url, pool_size=1)
     try:

@@ -94,6 +94,16 @@ def generate(folder: Path, rows: int, stores: int, seed: int = 11) -> tuple[dict
     return files, merged
 
 
+def _cpu() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine so far, from /proc/stat: busy is user,
+    nice, system, irq and softirq of every CPU (this process, its measuring process and the
+    database server alike); stolen is what the hypervisor gave to other guests."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
 async def timed(fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
     started = time.perf_counter()
     result = await fn()
@@ -253,14 +263,25 @@ async def pipeline(url: str, files: dict[str, Path], rounds: int, workdir: Path)
     warm_up()  # as the download step does in a run, long before the merge
     engine = create_engine(url)
     times: dict[str, list[float]] = {k: [] for k in ("merge", "merge_m", "load", "load_m", "judge")}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
+    stolen: list[float] = []
     counts: Any = None
+
+    async def clocked(fn: Callable[[], Awaitable[Any]], label: str) -> tuple[float, Any]:
+        busy, steal = _cpu()
+        seconds, result = await timed(fn)
+        busy_after, steal_after = _cpu()
+        cpu[label].append(busy_after - busy)
+        stolen.append(steal_after - steal)
+        return seconds, result
 
     async def once(measure: bool) -> None:
         nonlocal counts
         ctx = RunContext(f"bench{len(times['judge'])}{int(measure)}", D1, D1, workdir / "runs")
         await _empty_tables(engine)
-        seconds, (merge, raw_m) = await timed(
-            lambda: merge_and_measure(engine, ctx, BUCKET, files, measure=measure)
+        seconds, (merge, raw_m) = await clocked(
+            lambda: merge_and_measure(engine, ctx, BUCKET, files, measure=measure),
+            "merge_m" if measure else "merge",
         )
         times["merge_m" if measure else "merge"].append(seconds)
         await replace_rejects(engine, ctx.run_id, BUCKET, D1, merge.rejects)
@@ -269,13 +290,15 @@ async def pipeline(url: str, files: dict[str, Path], rounds: int, workdir: Path)
             return ingest_file(engine, BUCKET, D1, merge.path, run_id=ctx.run_id)
 
         if not measure:
-            times["load"].append((await timed(load))[0])
+            times["load"].append((await clocked(load, "load"))[0])
             return
-        seconds, (loaded, load_m) = await timed(lambda: load_and_measure(engine, ctx, merge, load))
+        seconds, (loaded, load_m) = await clocked(
+            lambda: load_and_measure(engine, ctx, merge, load), "load_m"
+        )
         times["load_m"].append(seconds)
         assert raw_m is not None and load_m is not None, "a measure could not be taken alongside"
-        seconds, counts = await timed(
-            functools.partial(measure_counts, engine, ctx, merge, loaded, raw_m, load_m)
+        seconds, counts = await clocked(
+            functools.partial(measure_counts, engine, ctx, merge, loaded, raw_m, load_m), "judge"
         )
         assert seconds < 1 or counts is None, "the audit measured again: a hand-off was not used"
         times["judge"].append(seconds)
@@ -288,7 +311,13 @@ async def pipeline(url: str, files: dict[str, Path], rounds: int, workdir: Path)
         await engine.dispose()
     med = {k: statistics.median(v) for k, v in times.items()}
     cost = med["merge_m"] - med["merge"] + med["load_m"] - med["load"] + med["judge"]
+    mcpu = {k: statistics.median(v) for k, v in cpu.items()}
+    cpu_cost = mcpu["merge_m"] - mcpu["merge"] + mcpu["load_m"] - mcpu["load"] + mcpu["judge"]
     return {
+        "cpu_s_median": {k: round(v, 2) for k, v in mcpu.items()},
+        "cpu_cost_s": round(cpu_cost, 2),
+        "cpu_cost_vs_merge_and_load_cpu": round(cpu_cost / (mcpu["merge"] + mcpu["load"]), 3),
+        "stolen_s_total": round(sum(stolen), 2),
         "merge_alone": _stats(times["merge"]),
         "merge_with_raw_measure": _stats(times["merge_m"]),
         "load_alone": _stats(times["load"]),
@@ -298,6 +327,7 @@ async def pipeline(url: str, files: dict[str, Path], rounds: int, workdir: Path)
         "cost_vs_load": round(cost / med["load"], 3),
         "cost_vs_merge_and_load": round(cost / (med["merge"] + med["load"]), 3),
         "samples_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
+        "cpu_samples_s": {k: [round(x, 2) for x in v] for k, v in cpu.items()},
         "counts": {
             k: getattr(counts, k)
             for k in ("download_total", "merged_rows", "expected_unique", "ingested_rows")

@@ -1,0 +1,12 @@
+"""Imported only by the fork server of the audit's measuring processes (`app.raw_measure_worker`).
+
+Every measuring process is a fork of that server, so what is computed here once is inherited
+ready by each of them instead of being recomputed per bucket. The Unicode tables of the SQL key
+rules (`app.measure._unicode_sets`, a scan of every code point) cost ~0.16 s of CPU each time.
+"""
+
+from app import db as _db  # noqa: F401  (the engine module and its SQLAlchemy dialect)
+from app.db import engine as _engine  # noqa: F401
+from app.measure import _unicode_sets
+
+_unicode_sets()
