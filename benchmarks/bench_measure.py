@@ -28,7 +28,8 @@ Measured, in this order, in one process:
   (`merge_and_measure`), then the load with the merged file's measure alongside, then the audit
   step's judging; against merge and load alone, both orders per round. The cost is the sum of
   the two steps' median differences plus the judging, reported against the load alone and
-  against merge + load.
+  against merge + load; the same in CPU seconds of the whole machine (`/proc/stat`: this
+  process, the measuring process and the database server), with the hypervisor's steal.
 """
 
 import argparse
