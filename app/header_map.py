@@ -1,6 +1,6 @@
 """A file's header resolved by name onto the spec's CSV column names (never by position).
 
-Its own small module because the audit's measuring process (`app.raw_measure_worker`) needs it
+Its own small module because the audit's measuring process (`app.measure_worker`) needs it
 and nothing else of the reader: importing `app.report_check` would cost that process's start
 ~0.2 s of validation models it never uses.
 """

@@ -35,7 +35,7 @@ Why it is shaped like this (the audit runs on every load; `benchmarks/bench_meas
   a `rid` identity column (see `_RawStager`). The next file is read (header, payload) in a
   worker thread while the server parses the current one.
 - `measure_raw_streamed` is the same measure over files that arrive one at a time: the merge
-  step feeds it each store file as the merger finishes reading it (`app.raw_measure_worker`),
+  step feeds it each store file as the merger finishes reading it (`app.measure_worker`),
   so nearly all of its work is done by the time the merge is.
 - Failures: the first attempt COPYs every file with no savepoint (500 files would otherwise mean
   500 subtransactions and two extra round trips each). If the server refuses any file (ragged

@@ -1,4 +1,4 @@
-"""Imported only by the fork server of the audit's measuring processes (`app.raw_measure_worker`).
+"""Imported only by the fork server of the audit's measuring processes (`app.measure_worker`).
 
 Every measuring process is a fork of that server, so what is computed here once is inherited
 ready by each of them instead of being recomputed per bucket. The Unicode tables of the SQL key

@@ -79,7 +79,7 @@ __all__ = [
 
 class ScanListener(Protocol):
     """Told of each store file the first pass has read whole and will merge, then of the end
-    of the first pass (the audit's raw measure, `app.raw_measure_worker`)."""
+    of the first pass (the audit's raw measure, `app.measure_worker`)."""
 
     def scanned(self, store: str, path: Path, ordinals: frozenset[int]) -> None:
         """`ordinals`: the 1-based records of that file the merger rejected."""

@@ -8,12 +8,11 @@ When: the measurements need the server to parse every raw file and the merged fi
 the Python side of an earlier step keeps one core busy and the server idles:
 
 - the raw files during the merge (`merge_and_measure`): the merger hands each store file to a
-  measuring process (`app.raw_measure_worker`) as soon as its first pass is done with it, so
+  measuring process (`app.measure_worker`) as soon as its first pass is done with it, so
   the server parses file k while the merger reads file k+1. The measure leaves out the records
   the merger rejected in that file;
-- the merged file during the load (`load_and_measure`): a thread with its own event loop and
-  engine (the load's parsing keeps its own loop busy on purpose) stages the merged file, and
-  reads the table back only once the load has committed.
+- the merged file during the load (`load_and_measure`): another measuring process stages the
+  merged file, and reads the table back only once the load has committed.
 
 The audit step then judges those measures (`audit_bucket`'s `raw_measured`, `load_measured`).
 If the rejects recorded by the audit differ from the exclusion the raw measure used (the load
@@ -21,9 +20,6 @@ can add rejects), or either measure could not be taken, the audit measures again
 """
 
 import asyncio
-import dataclasses
-import threading
-import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +28,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit import FAILED, AuditRecord, Counts, build_manifest, evaluate, save_audit
-from app.db.engine import create_engine
 from app.ingest import IngestResult
 from app.json_logger import log_event
-from app.measure import LoadMeasure, RawMeasure, measure_load, measure_raw, staged_merged
+from app.measure import LoadMeasure, RawMeasure, measure_load, measure_raw
+from app.measure_worker import MergedMeasureWorker, RawMeasureWorker, warm_up
 from app.merger import MergeResult, ScanListener, merge_bucket
 from app.pipeline import RawFiles
-from app.raw_measure_worker import RawMeasureWorker, warm_up
 from app.reject_store import first_rejects, reject_counts, rejected_records
 from app.run_context import RunContext
 
@@ -83,7 +78,7 @@ async def merge_and_measure(
 ) -> tuple[MergeResult, RawMeasured | None]:
     """Merge the run's store `files` into the run's folder (`merge_bucket` in a worker thread)
     while the raw files it has scanned are measured in a process of their own, on `engine`'s
-    database (`app.raw_measure_worker`).
+    database (`app.measure_worker`).
 
     The measure is None when it could not be taken, or when the files it measured are not
     exactly the merged stores' (the audit then measures itself), and without `measure`. A
@@ -119,72 +114,36 @@ async def merge_and_measure(
     return merged, RawMeasured(raw, used)
 
 
-async def _measure_merged(
-    engine: AsyncEngine,
-    ctx: RunContext,
-    merge: MergeResult,
-    committed: threading.Event,
-    load_ok: threading.Event,
-) -> LoadMeasure | None:
-    """The merged file staged now; the read-back only once the load has committed (None if it
-    failed)."""
-    started = time.perf_counter()
-    async with (
-        engine.connect() as conn,
-        staged_merged(conn, merge.bucket, merge.path, materialize=True) as staged,
-    ):
-        staged_ms = (time.perf_counter() - started) * 1000
-        await asyncio.to_thread(committed.wait)
-        if not load_ok.is_set():
-            return None
-        read = time.perf_counter()
-        measure = await staged.read_back(run_id=ctx.run_id, run_date=ctx.run_date)
-    # the server's work only: staging, then the read-back (not the wait for the commit)
-    spent = staged_ms + (time.perf_counter() - read) * 1000
-    return dataclasses.replace(measure, duration_ms=spent)
-
-
-def _in_thread(url: Any, work: Callable[[AsyncEngine], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        engine = create_engine(url, pool_size=2)
-        try:
-            return await work(engine)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
-
-
 async def load_and_measure(
     engine: AsyncEngine,
     ctx: RunContext,
     merge: MergeResult,
     load: Callable[[], Awaitable[IngestResult]],
 ) -> tuple[IngestResult, LoadMeasure | None]:
-    """Run `load()` (the ingest of `merge.path`) with the merged file's measure taken alongside.
+    """Run `load()` (the ingest of `merge.path`) while a measuring process stages the merged
+    file (`app.measure_worker.MergedMeasureWorker`); it reads the table back once the load has
+    committed.
 
     The measure is None when it could not be taken (the audit then measures itself); a failed
-    load is re-raised after the measuring side has let go of its session."""
-    committed, load_ok = threading.Event(), threading.Event()
-    side = asyncio.ensure_future(
-        asyncio.to_thread(
-            _in_thread,
-            engine.url,
-            lambda side_engine: _measure_merged(side_engine, ctx, merge, committed, load_ok),
-        )
-    )
+    load is re-raised, and the measuring process is stopped with its session."""
+    try:
+        warm_up()
+        worker = MergedMeasureWorker(engine.url, merge.bucket, merge.path, ctx.run_id, ctx.run_date)
+    except Exception as exc:  # no process to be had: load, the audit measures
+        _side_failed("the merged file alongside the load", exc, merge.bucket, ctx)
+        return await load(), None
     try:
         loaded = await load()
-        load_ok.set()
-    finally:
-        committed.set()
-        if not load_ok.is_set():
-            await asyncio.gather(side, return_exceptions=True)
+    except BaseException:
+        worker.stop()
+        raise
     try:
-        measured: LoadMeasure | None = await side
+        measured = await worker.result()
     except Exception as exc:  # the audit measures again; the load itself is fine
         _side_failed("the merged file alongside the load", exc, merge.bucket, ctx)
         measured = None
+    finally:
+        worker.stop()
     return loaded, measured
 
 

@@ -256,7 +256,7 @@ async def pipeline(url: str, files: dict[str, Path], rounds: int, workdir: Path)
     the raw files (its merged file is what is loaded)."""
     from app.db.engine import create_engine
     from app.ingest import ingest_file
-    from app.raw_measure_worker import warm_up
+    from app.measure_worker import warm_up
     from app.reconcile import load_and_measure, measure_counts, merge_and_measure
     from app.reject_store import replace_rejects
     from app.run_context import RunContext

@@ -32,7 +32,7 @@ from app.ingest import IngestResult, ingest_file
 from app.measure import LoadMeasure
 from app.merger import MergeResult
 from app.pipeline import RawFiles, acquire_raw_files
-from app.raw_measure_worker import warm_up
+from app.measure_worker import warm_up
 from app.reconcile import (
     EMPTY_DAY,
     RawMeasured,
