@@ -30,9 +30,9 @@ from app.config import MERGE_BUCKET_DB_SPECS
 from app.downloader.client import PortalUnavailableError
 from app.ingest import IngestResult, ingest_file
 from app.measure import LoadMeasure
+from app.measure_worker import warm_up
 from app.merger import MergeResult
 from app.pipeline import RawFiles, acquire_raw_files
-from app.measure_worker import warm_up
 from app.reconcile import (
     EMPTY_DAY,
     RawMeasured,
