@@ -5,8 +5,7 @@ ready by each of them instead of being recomputed per bucket. The Unicode tables
 rules (`app.measure._unicode_sets`, a scan of every code point) cost ~0.16 s of CPU each time.
 """
 
-from app import db as _db  # noqa: F401  (the engine module and its SQLAlchemy dialect)
-from app.db import engine as _engine  # noqa: F401
+from app.db import engine as _engine  # noqa: F401  (the engine module, SQLAlchemy's asyncpg dialect)
 from app.measure import _unicode_sets
 
 _unicode_sets()

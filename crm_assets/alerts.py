@@ -125,15 +125,23 @@ def _records_for(url: URL, run: dg.DagsterRun, buckets: Sequence[str]) -> list[A
     return alerts.audits_of_run(url, pipeline_run_id(run), run_date, buckets)
 
 
+def settled_elsewhere(run: dg.DagsterRun) -> str | None:
+    """Why a failed run needs no action of a failure sensor: Dagster will retry it (the retry
+    reports or builds what is due), or its date is one the portal no longer serves."""
+    if run.tags.get(WILL_RETRY_TAG) == "true":
+        return f"run {run.run_id} will be retried by Dagster (run_retries)"
+    if run.tags.get(NOT_SERVABLE_TAG) == "true":
+        return f"run {run.run_id}: a date the portal no longer serves (no outage)"
+    return None
+
+
 def run_failure_of(
     context: dg.RunFailureSensorContext,
 ) -> alerts.RunFailure | dg.SkipReason:
     """What to report about a failed run, or why this sensor does not report it."""
     run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
-    if run.tags.get(WILL_RETRY_TAG) == "true":
-        return dg.SkipReason(f"run {run.run_id} will be retried by Dagster (run_retries)")
-    if run.tags.get(NOT_SERVABLE_TAG) == "true":
-        return dg.SkipReason(f"run {run.run_id}: a date the portal no longer serves (no outage)")
+    if (settled := settled_elsewhere(run)) is not None:
+        return dg.SkipReason(settled)
     errors = _step_errors(context)
     if errors and all(e.cls_name == CHECK_FAILED_ERROR for _, e in errors):
         return dg.SkipReason(f"run {run.run_id}: only audit checks failed (the audit alert)")

@@ -14,11 +14,11 @@ Dagster will retry the run (the retry builds them), or for a date the portal no 
 import dagster as dg
 from dagster._core.execution.stats import StepEventStatus
 
-from crm_assets.alerts import WILL_RETRY_TAG
+from crm_assets.alerts import settled_elsewhere
 from crm_assets.catchup import PARTITION_TAG
 from crm_assets.jobs import DAILY_JOB
 from crm_assets.reports import REPORTS_KEY, reports_job
-from crm_resources.run_info import NOT_SERVABLE_TAG, SOURCE_TAG
+from crm_resources.run_info import SOURCE_TAG
 
 REPORT_STEP = "reports__store_reports"
 AFTER_TAG = "crm/reports_after"
@@ -36,7 +36,7 @@ def reports_left_out(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | 
     partition = run.tags.get(PARTITION_TAG)
     if run.job_name == reports_job.name or not partition:
         return None
-    if run.tags.get(WILL_RETRY_TAG) == "true" or run.tags.get(NOT_SERVABLE_TAG) == "true":
+    if settled_elsewhere(run) is not None:
         return None
     if not _included_reports(run):
         return None
@@ -47,8 +47,10 @@ def reports_left_out(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | 
 
 
 def report_request(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.RunRequest | None:
-    if reports_left_out(instance, run) is None:
-        return None
+    return None if reports_left_out(instance, run) is None else _request(run)
+
+
+def _request(run: dg.DagsterRun) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=f"reports-after:{run.run_id}",
         partition_key=run.tags[PARTITION_TAG],
@@ -65,8 +67,8 @@ def report_request(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.RunRe
 )
 def reports_after_failure(context: dg.RunFailureSensorContext) -> dg.RunRequest | dg.SkipReason:
     run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
-    request = report_request(context.instance, run)
-    if request is None:
+    why = reports_left_out(context.instance, run)  # one read of the run's step stats
+    if why is None:
         return dg.SkipReason(f"run {run.run_id}: its reports need no run of their own")
-    context.log.info(f"{reports_left_out(context.instance, run)}: requesting crm_reports")
-    return request
+    context.log.info(f"{why}: requesting crm_reports")
+    return _request(run)

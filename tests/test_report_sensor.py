@@ -86,9 +86,8 @@ def test_a_run_without_the_reports_or_that_built_them_requests_nothing(
 ) -> None:
     sim = make_portal_sim(store_count=1, seed=5, today=TODAY, bad_rows_per_store=1)
     seed(database_url, sim)
-    bucket_only = [dg.AssetKey(["undelivered_all", s]) for s in ("raw_csvs", "merged_csv")]
     with dg.DagsterInstance.get() as instance:
-        run = _daily_run(instance, sim, selection=[*bucket_only, *_table_and_audit()])
+        run = _daily_run(instance, sim, selection=_undelivered_chain())
         assert run.status == dg.DagsterRunStatus.FAILURE
         assert report_request(instance, run) is None  # the reports were never part of it
         skipped = reports_after_failure(_failure_context(instance, run))
@@ -101,8 +100,10 @@ def test_a_run_without_the_reports_or_that_built_them_requests_nothing(
         assert retried is not None and report_request(instance, retried) is None
 
 
-def _table_and_audit() -> list[dg.AssetKey]:
-    return [dg.AssetKey(["undelivered_all", s]) for s in ("table", "audit")]
+def _undelivered_chain() -> list[dg.AssetKey]:
+    """One bucket's chain, without the reports."""
+    stages = ("raw_csvs", "merged_csv", "table", "audit")
+    return [dg.AssetKey(["undelivered_all", s]) for s in stages]
 
 
 @pytest.mark.parametrize("name", ["crm_reports_after_failure", "crm_run_failure_alert"])
@@ -121,8 +122,7 @@ def test_a_ui_materialization_that_included_the_reports_gets_them_built(
     """The UI's "Materialize" runs Dagster's implicit asset job with the selection it shows."""
     sim = make_portal_sim(store_count=1, seed=5, today=TODAY, bad_rows_per_store=1)
     seed(database_url, sim)
-    chain = [dg.AssetKey(["undelivered_all", s]) for s in ("raw_csvs", "merged_csv")]
-    selection = [*chain, *_table_and_audit(), REPORTS_KEY]
+    selection = [*_undelivered_chain(), REPORTS_KEY]
     with dg.DagsterInstance.get() as instance:
         run = _daily_run(instance, sim, selection, defs.resolve_implicit_global_asset_job_def())
         assert run.status == dg.DagsterRunStatus.FAILURE
