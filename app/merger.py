@@ -86,6 +86,13 @@ class ScanListener(Protocol):
 
     def all_scanned(self) -> None: ...
 
+    def writing(self, path: Path) -> None:
+        """The second pass has opened the merged file at `path` (a temporary name) and only
+        ever appends to it."""
+
+    def written(self, path: Path) -> None:
+        """The merged file is complete, read back, and renamed to `path`."""
+
 
 class MergeError(Exception):
     """The bucket cannot be merged correctly (e.g. a store file changed while being merged)."""
@@ -274,11 +281,18 @@ def _write_store(bucket: str, source: _Source, wanted: set[int], writer: Any) ->
 
 
 def _write(
-    bucket: str, sources: Sequence[_Source], keep: Sequence[set[int]], columns: list[str], tmp: Path
+    bucket: str,
+    sources: Sequence[_Source],
+    keep: Sequence[set[int]],
+    columns: list[str],
+    tmp: Path,
+    listener: ScanListener | None = None,
 ) -> int:
     """Pass 2: write the kept records of the merged stores; rows written."""
     written = 0
     with tmp.open("w", encoding="utf-8", newline="") as fh:
+        if listener is not None:
+            listener.writing(tmp)
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(columns)
         for source in sources:
@@ -309,7 +323,8 @@ def merge_bucket(
     `out_dir` is where the merged file goes (default `data_dir/<run date>/`). `listener`
     hears of each store file as soon as the first pass has read it whole and it will be merged,
     in merging order, and of the first pass's end (the audit's raw measure starts on each file
-    then: `app.reconcile.merge_and_measure`). A store whose file
+    then: `app.reconcile.merge_and_measure`); then of the merged file's temporary path when the
+    second pass opens it, and of its final path once it is renamed. A store whose file
     has a file-level problem is listed in `failed_stores` and merged as if absent. Raises
     MergeError only when no correct merged file can be written (a file changed while being
     merged, the merged file does not read back); any failure is logged (phase=merge,
@@ -390,13 +405,15 @@ def _merge(
     final = out_dir / merged_name(bucket, run_date)
     tmp = out_dir / f".{final.name}.{secrets.token_hex(4)}.tmp"
     try:
-        written = _write(bucket, merged, keep, columns, tmp)
+        written = _write(bucket, merged, keep, columns, tmp, listener)
         merged_rows = count_records(tmp)
         if merged_rows != written:
             raise MergeError(
                 f"{bucket}: wrote {written} rows but the merged file reads back {merged_rows}"
             )
         tmp.replace(final)
+        if listener is not None:
+            listener.written(final)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -11,8 +11,11 @@ the Python side of an earlier step keeps one core busy and the server idles:
   measuring process (`app.measure_worker`) as soon as its first pass is done with it, so
   the server parses file k while the merger reads file k+1. The measure leaves out the records
   the merger rejected in that file;
-- the merged file during the load (`load_and_measure`): another measuring process stages the
-  merged file, and reads the table back only once the load has committed.
+- the merged file during the merge too, when the run's load follows (`then_load`): the same
+  process reads the merged file as the merger writes it and stages it, and is kept for the
+  load. The bytes staged count only if they are the final file's (SHA-256, `app.measure_tail`);
+- the read-back after the load (`load_and_measure`): the kept process, or a new one that
+  stages the merged file during the load, reads the table back once the load has committed.
 
 The audit step then judges those measures (`audit_bucket`'s `raw_measured`, `load_measured`).
 If the rejects recorded by the audit differ from the exclusion the raw measure used (the load
@@ -31,13 +34,20 @@ from app.audit import FAILED, AuditRecord, Counts, build_manifest, evaluate, sav
 from app.ingest import IngestResult
 from app.json_logger import log_event
 from app.measure import LoadMeasure, RawMeasure, measure_load, measure_raw
-from app.measure_worker import MergedMeasureWorker, RawMeasureWorker, warm_up
+from app.measure_worker import (
+    LoadStepWorker,
+    MergeStepWorker,
+    keep_for_load,
+    take_for_load,
+    warm_up,
+)
 from app.merger import MergeResult, ScanListener, merge_bucket
 from app.pipeline import RawFiles
 from app.reject_store import first_rejects, reject_counts, rejected_records
 from app.run_context import RunContext
 
 DURING_MERGE, DURING_LOAD, BY_AUDIT = "during the merge", "during the load", "by the audit step"
+STAGED_DURING_MERGE = "during the merge, read back after the load"
 EMPTY_DAY = "every store returned an empty report: check that the portal knows these store codes"
 
 
@@ -75,10 +85,14 @@ async def merge_and_measure(
     files: Mapping[str, Path],
     *,
     measure: bool = True,
+    then_load: bool = False,
 ) -> tuple[MergeResult, RawMeasured | None]:
     """Merge the run's store `files` into the run's folder (`merge_bucket` in a worker thread)
     while the raw files it has scanned are measured in a process of their own, on `engine`'s
     database (`app.measure_worker`).
+
+    With `then_load` (this run's load of the bucket follows in this process), the same process
+    also stages the merged file as the merger writes it, and is kept for `load_and_measure`.
 
     The measure is None when it could not be taken, or when the files it measured are not
     exactly the merged stores' (the audit then measures itself), and without `measure`. A
@@ -93,7 +107,8 @@ async def merge_and_measure(
         return merge(), None
     try:
         warm_up()  # already done by the download step of the same run: then a no-op
-        worker = RawMeasureWorker(engine.url, bucket)
+        run = (ctx.run_id, ctx.run_date) if then_load else ()
+        worker = MergeStepWorker(engine.url, bucket, *run)
     except Exception as exc:  # no process to be had (limits, memory): merge, the audit measures
         _side_failed("the raw files during the merge", exc, bucket, ctx)
         return merge(), None
@@ -102,16 +117,29 @@ async def merge_and_measure(
     except BaseException:
         worker.stop()
         raise
+    if then_load:
+        keep_for_load(ctx.run_id, bucket, worker)  # stopped by the load, or when it is replaced
     try:
         raw, used = await worker.result()
     except Exception as exc:  # the audit measures again; the merge itself is fine
         _side_failed("the raw files during the merge", exc, bucket, ctx)
         return merged, None
     finally:
-        worker.stop()
+        if not then_load:
+            worker.stop()
     if set(raw.by_store) != set(merged.merged_stores):
         return merged, None  # not the files merged (cannot happen: the merger names them)
     return merged, RawMeasured(raw, used)
+
+
+def _merged_worker(engine: AsyncEngine, ctx: RunContext, merge: MergeResult) -> Any:
+    """The merge step's measuring process, which staged the merged file as it was written, or
+    a new one that stages it now."""
+    kept = take_for_load(ctx.run_id, merge.bucket, merge.path)
+    if kept is not None:
+        return kept
+    warm_up()
+    return LoadStepWorker(engine.url, merge.bucket, merge.path, ctx.run_id, ctx.run_date)
 
 
 async def load_and_measure(
@@ -120,15 +148,15 @@ async def load_and_measure(
     merge: MergeResult,
     load: Callable[[], Awaitable[IngestResult]],
 ) -> tuple[IngestResult, LoadMeasure | None]:
-    """Run `load()` (the ingest of `merge.path`) while a measuring process stages the merged
-    file (`app.measure_worker.MergedMeasureWorker`); it reads the table back once the load has
-    committed.
+    """Run `load()` (the ingest of `merge.path`) while the merged file is staged by a measuring
+    process: the merge step's, which read it as it was written (`merge_and_measure`'s
+    `then_load`), else a new `app.measure_worker.LoadStepWorker`. It reads the table back
+    once the load has committed.
 
     The measure is None when it could not be taken (the audit then measures itself); a failed
     load is re-raised, and the measuring process is stopped with its session."""
     try:
-        warm_up()
-        worker = MergedMeasureWorker(engine.url, merge.bucket, merge.path, ctx.run_id, ctx.run_date)
+        worker = _merged_worker(engine, ctx, merge)
     except Exception as exc:  # no process to be had: load, the audit measures
         _side_failed("the merged file alongside the load", exc, merge.bucket, ctx)
         return await load(), None
@@ -138,7 +166,7 @@ async def load_and_measure(
         worker.stop()
         raise
     try:
-        measured = await worker.result()
+        measured = await worker.merged_result()
     except Exception as exc:  # the audit measures again; the load itself is fine
         _side_failed("the merged file alongside the load", exc, merge.bucket, ctx)
         measured = None
@@ -165,6 +193,8 @@ async def measure_counts(
         await conn.commit()
 
     when = {"raw_files": DURING_MERGE, "merged_file": DURING_LOAD}
+    if load_measured is not None and load_measured.staged_during_merge:
+        when["merged_file"] = STAGED_DURING_MERGE
 
     async def _raw() -> RawMeasure:
         if raw_measured is not None and raw_measured.exclude == _exclude_key(exclude):

@@ -30,6 +30,9 @@ Measured, in this order, in one process:
   the two steps' median differences plus the judging, reported against the load alone and
   against merge + load; the same in CPU seconds of the whole machine (`/proc/stat`: this
   process, the measuring process and the database server), with the hypervisor's steal.
+  Also how long each step waited for its measuring process (`waited_s`: the raw measure's
+  answer at the end of the merge, the read-back after the load's commit), timed exactly: the
+  part of the cost that is on the steps' path whatever the machine's noise.
 """
 
 import argparse
@@ -247,6 +250,25 @@ async def alongside(
     }
 
 
+def _time_waits(waited: dict[str, list[float]]) -> None:
+    """Instrument the steps' waits for their measuring process (this benchmark only)."""
+    from app.measure_worker import MergeStepWorker, _MeasureProcess
+
+    def timing(fn: Any, label: str) -> Any:
+        @functools.wraps(fn)
+        async def wrapper(self: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await fn(self)
+            finally:
+                waited[label].append(time.perf_counter() - started)
+
+        return wrapper
+
+    MergeStepWorker.result = timing(MergeStepWorker.result, "raw_answer")  # type: ignore[method-assign]
+    _MeasureProcess.merged_result = timing(_MeasureProcess.merged_result, "read_back")  # type: ignore[method-assign]
+
+
 async def pipeline(url: str, files: dict[str, Path], rounds: int, workdir: Path) -> dict[str, Any]:
     """The graph's way end to end: merge with the raw measure during it, load with the merged
     measure during it, then the audit step's judging; against merge and load alone.
@@ -262,10 +284,13 @@ async def pipeline(url: str, files: dict[str, Path], rounds: int, workdir: Path)
     from app.run_context import RunContext
 
     warm_up()  # as the download step does in a run, long before the merge
+    waited: dict[str, list[float]] = {"raw_answer": [], "read_back": []}
+    _time_waits(waited)
     engine = create_engine(url)
     times: dict[str, list[float]] = {k: [] for k in ("merge", "merge_m", "load", "load_m", "judge")}
     cpu: dict[str, list[float]] = {k: [] for k in times}
     stolen: list[float] = []
+    staged_during_merge: list[bool] = []  # the merged file read as the merger wrote it
     counts: Any = None
 
     async def clocked(fn: Callable[[], Awaitable[Any]], label: str) -> tuple[float, Any]:
@@ -281,7 +306,9 @@ async def pipeline(url: str, files: dict[str, Path], rounds: int, workdir: Path)
         ctx = RunContext(f"bench{len(times['judge'])}{int(measure)}", D1, D1, workdir / "runs")
         await _empty_tables(engine)
         seconds, (merge, raw_m) = await clocked(
-            lambda: merge_and_measure(engine, ctx, BUCKET, files, measure=measure),
+            lambda: merge_and_measure(
+                engine, ctx, BUCKET, files, measure=measure, then_load=measure
+            ),
             "merge_m" if measure else "merge",
         )
         times["merge_m" if measure else "merge"].append(seconds)
@@ -298,6 +325,7 @@ async def pipeline(url: str, files: dict[str, Path], rounds: int, workdir: Path)
         )
         times["load_m"].append(seconds)
         assert raw_m is not None and load_m is not None, "a measure could not be taken alongside"
+        staged_during_merge.append(load_m.staged_during_merge)
         seconds, counts = await clocked(
             functools.partial(measure_counts, engine, ctx, merge, loaded, raw_m, load_m), "judge"
         )
@@ -319,6 +347,9 @@ async def pipeline(url: str, files: dict[str, Path], rounds: int, workdir: Path)
         "cpu_cost_s": round(cpu_cost, 2),
         "cpu_cost_vs_merge_and_load_cpu": round(cpu_cost / (mcpu["merge"] + mcpu["load"]), 3),
         "stolen_s_total": round(sum(stolen), 2),
+        "merged_staged_during_merge": staged_during_merge,
+        "waited_s": {k: _stats(v) for k, v in waited.items()},
+        "waited_samples_s": {k: [round(x, 3) for x in v] for k, v in waited.items()},
         "merge_alone": _stats(times["merge"]),
         "merge_with_raw_measure": _stats(times["merge_m"]),
         "load_alone": _stats(times["load"]),

@@ -233,7 +233,12 @@ def build_bucket_chain(bucket: str) -> tuple[list[dg.AssetsDefinition], list[Any
             discard_result(ctx, bucket, MEASURED_RAW)
             try:  # the audit's raw measure is taken while the merge runs (none in a dry run)
                 merged, measured = await merge_and_measure(
-                    db.engine, ctx, bucket, raw.files, measure=not options.dry_run
+                    db.engine,
+                    ctx,
+                    bucket,
+                    raw.files,
+                    measure=not options.dry_run,
+                    then_load=_runs_step(context, key(bucket, TABLE)),
                 )
                 if not options.dry_run:
                     await replace_rejects(
@@ -407,6 +412,15 @@ def rejects_markdown(rejects: Sequence[dict[str, Any]]) -> str:
         for r in rejects
     ]
     return md_table(["store", "line", "code", "reason", "blocking"], rows)
+
+
+def _runs_step(context: dg.AssetExecutionContext, asset: dg.AssetKey) -> bool:
+    """Does this run also materialize `asset`? (The merge step then keeps its measuring process,
+    with the merged file staged, for the table step: `app.reconcile.merge_and_measure`.)"""
+    selected = context.run.asset_selection
+    if selected is None:
+        selected = context.job_def.asset_layer.selected_asset_keys
+    return asset in selected
 
 
 def _why(exc: BaseException) -> str:

@@ -65,7 +65,7 @@ async def run_chain(
         failed={},
     )
     merged, raw_measured = await merge_and_measure(
-        engine, ctx, bucket, raw.files, measure=alongside
+        engine, ctx, bucket, raw.files, measure=alongside, then_load=alongside
     )
     assert (raw_measured is not None) == alongside, "the raw measure failed during the merge"
     await replace_rejects(engine, run_id, bucket, run_date, merged.rejects)

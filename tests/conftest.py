@@ -110,6 +110,16 @@ async def engine(database_url: URL) -> AsyncIterator[AsyncEngine]:
     await eng.dispose()
 
 
+@pytest.fixture(autouse=True)
+def _no_kept_measure() -> Iterator[None]:
+    """A merge step's staging kept for a load that never came (a test that stops after the
+    merge) is stopped with its test, as the end of a run's process stops it."""
+    yield
+    from app.measure_worker import stop_kept
+
+    stop_kept()
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"

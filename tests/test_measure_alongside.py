@@ -29,12 +29,13 @@ import app.merger
 import app.reconcile
 from app.ingest import IngestError, IngestResult, ingest_file
 from app.measure import LoadMeasure, measure_raw, measure_raw_streamed
-from app.measure_worker import MergedMeasureWorker, RawMeasureWorker
+from app.measure_worker import LoadStepWorker, MergeStepWorker, stop_kept, take_for_load
 from app.merger import MergeError, MergeResult
 from app.reconcile import (
     BY_AUDIT,
     DURING_LOAD,
     DURING_MERGE,
+    STAGED_DURING_MERGE,
     RawMeasured,
     load_and_measure,
     measure_counts,
@@ -62,10 +63,12 @@ def _store_files(data_dir: Path, ctx: RunContext) -> dict[str, Path]:
 
 
 async def _merged_measured(
-    engine: AsyncEngine, data_dir: Path, ctx: RunContext
+    engine: AsyncEngine, data_dir: Path, ctx: RunContext, *, then_load: bool = False
 ) -> tuple[MergeResult, RawMeasured | None]:
     files = _store_files(data_dir, ctx)
-    merge, measured = await merge_and_measure(engine, ctx, "missed_leads", files)
+    merge, measured = await merge_and_measure(
+        engine, ctx, "missed_leads", files, then_load=then_load
+    )
     await replace_rejects(engine, ctx.run_id, "missed_leads", D, merge.rejects)
     assert merge.rejects, "the fixture must exercise the raw measure's exclusions"
     return merge, measured
@@ -158,6 +161,81 @@ async def test_the_raw_files_are_measured_while_the_merge_still_runs(
     assert measured is not None and measured.raw.by_store == {"A1": 42, "B1": 25}
 
 
+async def _merged_copy_seen(engine: AsyncEngine) -> bool:
+    """Has another session COPYed into a staging table of a merged file?"""
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+        "AND query LIKE 'COPY \"crm_measure\\_%\\_merged%'"
+    )
+    async with engine.connect() as conn:
+        return bool((await conn.execute(text(sql))).scalar_one())
+
+
+async def test_the_merged_file_is_staged_while_the_merger_writes_it(
+    engine: AsyncEngine, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `then_load`, the merge step's measuring process COPYs the merged file before the
+    merger has finished with it (seen in pg_stat_activity while the merger re-reads the
+    file, before its rename), and the table step uses that staging: no other measuring
+    process, and the same counts as the audit's own measure."""
+    ctx = RunContext("r1", D, D, data_dir)
+    files = _store_files(data_dir, ctx)
+    loop = asyncio.get_running_loop()
+    seen_before_rename: list[bool] = []
+    real_count = app.merger.count_records
+
+    def slow_count(path: Path) -> int:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not seen_before_rename:
+            if asyncio.run_coroutine_threadsafe(_merged_copy_seen(engine), loop).result(10):
+                seen_before_rename.append(True)
+            time.sleep(0.05)
+        return real_count(path)
+
+    monkeypatch.setattr(app.merger, "count_records", slow_count)
+    merge, raw_measured = await merge_and_measure(
+        engine, ctx, "missed_leads", files, then_load=True
+    )
+    assert seen_before_rename == [True], "the merged file was not staged as it was written"
+    await replace_rejects(engine, ctx.run_id, "missed_leads", D, merge.rejects)
+
+    class _NoneExpected:
+        def __init__(self, *args: Any) -> None:
+            raise AssertionError("the load started a measuring process of its own")
+
+    monkeypatch.setattr(app.reconcile, "LoadStepWorker", _NoneExpected)
+    loaded, measured = await load_and_measure(engine, ctx, merge, _loader(engine, merge, ctx))
+    assert measured is not None and measured.staged_during_merge
+    alongside = await measure_counts(engine, ctx, merge, loaded, raw_measured, measured)
+    after = await measure_counts(engine, ctx, merge, loaded)
+    assert alongside.measured_when == {
+        "raw_files": DURING_MERGE,
+        "merged_file": STAGED_DURING_MERGE,
+    }
+    assert dataclasses.replace(alongside, measured_when={}) == dataclasses.replace(
+        after, measured_when={}
+    )
+    assert alongside.written == alongside.merged_rows == 65 and alongside.missing_keys == 0
+
+
+async def test_a_kept_staging_whose_load_never_comes_lets_go_of_its_session(
+    engine: AsyncEngine, data_dir: Path
+) -> None:
+    """A merge step that kept its staging for a load that does not follow (the run ended, or
+    the table step reads another merged file) leaves no measuring session behind."""
+    ctx = RunContext("r1", D, D, data_dir)
+    await engine.dispose()
+    before = await _sessions(engine)
+    files = _store_files(data_dir, ctx)
+    merge, _ = await merge_and_measure(engine, ctx, "missed_leads", files, then_load=True)
+    assert take_for_load(ctx.run_id, "missed_leads", merge.path.with_name("other.csv")) is None
+    assert take_for_load(ctx.run_id, "missed_leads", merge.path) is None  # already stopped
+    await merge_and_measure(engine, ctx, "missed_leads", files, then_load=True)
+    stop_kept()  # what ends the process (atexit) does with a staging nobody took
+    await engine.dispose()
+    assert await _settled_sessions(engine, before) <= before
+
+
 async def test_a_streamed_measure_equals_a_listed_one_even_with_a_refused_file(
     engine: AsyncEngine, data_dir: Path
 ) -> None:
@@ -240,19 +318,25 @@ class _Killed:
         super()._end(item)  # type: ignore[misc]
 
 
+@pytest.mark.parametrize("then_load", [False, True], ids=["merge-alone", "merge-then-load"])
 @pytest.mark.parametrize("fault", [_NoDatabase, _NoProcess, _Killed])
 async def test_measuring_sides_that_fail_leave_the_audit_to_measure(
-    engine: AsyncEngine, data_dir: Path, monkeypatch: pytest.MonkeyPatch, fault: type
+    engine: AsyncEngine,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: type,
+    then_load: bool,
 ) -> None:
     ctx = RunContext("r1", D, D, data_dir)
     await engine.dispose()
     before = await _sessions(engine)
     for name, worker in (
-        ("RawMeasureWorker", RawMeasureWorker),
-        ("MergedMeasureWorker", MergedMeasureWorker),
+        ("MergeStepWorker", MergeStepWorker),
+        ("LoadStepWorker", LoadStepWorker),
     ):
         monkeypatch.setattr(app.reconcile, name, type(name, (fault, worker), {}))
-    merge, raw_measured = await asyncio.wait_for(_merged_measured(engine, data_dir, ctx), 60)
+    merging = _merged_measured(engine, data_dir, ctx, then_load=then_load)
+    merge, raw_measured = await asyncio.wait_for(merging, 60)
     assert raw_measured is None and merge.merged_rows == 65  # the merge itself is untouched
     loaded, measured = await load_and_measure(engine, ctx, merge, _loader(engine, merge, ctx))
     assert measured is None and loaded.rows_read == 65  # the load itself is untouched
@@ -269,9 +353,9 @@ def test_a_measuring_process_outlives_no_killed_parent(database_url: URL, tmp_pa
     script.write_text(
         "import os, signal, sys\n"
         "from sqlalchemy.engine import make_url\n"
-        "from app.measure_worker import MergedMeasureWorker, RawMeasureWorker\n"
+        "from app.measure_worker import LoadStepWorker, MergeStepWorker\n"
         "if __name__ == '__main__':\n"
-        "    worker = RawMeasureWorker(make_url(sys.argv[1]), 'missed_leads')\n"
+        "    worker = MergeStepWorker(make_url(sys.argv[1]), 'missed_leads')\n"
         "    worker._starter.join()\n"
         "    print(worker._process.pid, flush=True)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -11,12 +11,14 @@ from pathlib import Path
 import dagster as dg
 from sqlalchemy.engine import URL
 
+import app.measure_worker
 from app.coercion import normalize_header
 from app.runner import execute_date, run_pipeline
 from app.settings import load_settings
 from crm_assets.cleanup import cleanup_on_passed_audit
 from crm_assets.definitions import defs
-from crm_assets.keys import AUDIT, AUDIT_CHECK, MERGED, TABLE, key
+from crm_assets.keys import AUDIT, AUDIT_CHECK, MERGED, RAW, TABLE, key
+from crm_resources.run_info import TODAY_TAG
 from tests.graph_helpers import TODAY, expected_keys_at, portal_config, query, seed
 
 
@@ -76,6 +78,26 @@ def test_a_step_alone_never_takes_another_runs_result(
             failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
             assert "only takes the results of its own run" in str(failure.step_failure_data)
     assert len(_audits(database_url, "missed_leads")) == 1
+
+
+def test_a_merge_without_its_load_in_the_run_keeps_no_measuring_process(
+    graph_env: Path, database_url: URL, make_portal_sim
+) -> None:
+    """The merge step keeps its measuring process (the merged file staged) only for a table
+    step of the same run: a run of download and merge alone keeps none."""
+    sim = make_portal_sim(store_count=2, seed=33, today=TODAY)
+    seed(database_url, sim)
+    job = defs.resolve_job_def("crm_daily")
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            partition_key=TODAY.isoformat(),
+            instance=instance,
+            asset_selection=[key("missed_leads", RAW), key("missed_leads", MERGED)],
+            run_config={"resources": {"portal": {"config": portal_config(sim)}}},
+            tags={TODAY_TAG: TODAY.isoformat()},
+        )
+    assert result.success
+    assert app.measure_worker._KEPT == {}
 
 
 # ---------------------------------------------------------------- 3. counts are measured
