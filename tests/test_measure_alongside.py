@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import app.measure
+import app.measure_worker
 import app.merger
 import app.reconcile
 from app.ingest import IngestError, IngestResult, ingest_file
@@ -412,3 +413,23 @@ def test_a_discarded_hand_off_is_not_handed_on(data_dir: Path, kind: type, step:
     save_result(ctx, "missed_leads", step, {"raw": 1})
     discard_result(ctx, "missed_leads", step)
     assert maybe_result(ctx, kind, "missed_leads", step) is None
+
+
+async def test_a_staging_whose_commit_never_comes_gives_up_and_lets_go(
+    engine: AsyncEngine, data_dir: Path, database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A measuring process's merged part waits a bounded time for "committed", then fails
+    (the table step, if it ever comes, falls back) and closes its session."""
+    ctx = RunContext("r1", D, D, data_dir)
+    merge = await _merged(engine, data_dir, ctx)
+    await engine.dispose()
+    before = await _sessions(engine)
+    monkeypatch.setattr(app.measure_worker, "_COMMIT_WAIT_S", 0.5)
+    job = app.measure_worker._MergedJob(str(merge.path), ctx.run_id, ctx.run_date)
+    words: asyncio.Queue[Any] = asyncio.Queue()  # nobody says "committed"
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(
+            app.measure_worker._merged_part(database_url, "missed_leads", job, words), 30
+        )
+    await engine.dispose()
+    assert await _settled_sessions(engine, before) <= before
