@@ -125,11 +125,13 @@ async def _settled_sessions(engine: AsyncEngine, at_most: int) -> int:
     return count
 
 
-async def _staging_seen(engine: AsyncEngine) -> bool:
-    """Has another session COPYed into a measure's staging table (its last statement)?"""
+async def _staging_seen(engine: AsyncEngine, kind: str = "") -> bool:
+    """Has another session COPYed into a measure's staging table (its last statement), of
+    `kind` if given ("merged": a merged file's)?"""
+    table = f"crm\\_measure\\_%\\_{kind}%" if kind else "crm_measure_%"
     sql = (
         "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-        "AND query LIKE 'COPY \"crm_measure_%'"
+        f"AND query LIKE 'COPY \"{table}'"
     )
     async with engine.connect() as conn:
         return bool((await conn.execute(text(sql))).scalar_one())
@@ -162,16 +164,6 @@ async def test_the_raw_files_are_measured_while_the_merge_still_runs(
     assert measured is not None and measured.raw.by_store == {"A1": 42, "B1": 25}
 
 
-async def _merged_copy_seen(engine: AsyncEngine) -> bool:
-    """Has another session COPYed into a staging table of a merged file?"""
-    sql = (
-        "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-        "AND query LIKE 'COPY \"crm_measure\\_%\\_merged%'"
-    )
-    async with engine.connect() as conn:
-        return bool((await conn.execute(text(sql))).scalar_one())
-
-
 async def test_the_merged_file_is_staged_while_the_merger_writes_it(
     engine: AsyncEngine, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,7 +180,7 @@ async def test_the_merged_file_is_staged_while_the_merger_writes_it(
     def slow_count(path: Path) -> int:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not seen_before_rename:
-            if asyncio.run_coroutine_threadsafe(_merged_copy_seen(engine), loop).result(10):
+            if asyncio.run_coroutine_threadsafe(_staging_seen(engine, "merged"), loop).result(10):
                 seen_before_rename.append(True)
             time.sleep(0.05)
         return real_count(path)
