@@ -821,11 +821,7 @@ def _load_result(merged_rows: int | None, error: str | None = None) -> LoadMeasu
 
 
 async def _stage_merged(
-    driver: Any,
-    bucket: str,
-    keys: list[_Key],
-    source: _Source,
-    names: _Names,
+    driver: Any, bucket: str, keys: list[_Key], source: _Source, names: _Names
 ) -> tuple[str, int] | LoadMeasure:
     """COPY the merged file. Returns (SQL of its normalised keys with their multiplicity,
     merged_rows), or the final LoadMeasure when there is nothing to read back.

@@ -40,7 +40,6 @@ class MergedTail:
         self._final: Path | None = None
         self._done = asyncio.Event()
         self._head = b""  # read while looking for the header, not yet streamed
-        self._header: list[str] | None = None
 
     def complete(self, final: Path) -> None:
         """The merger has written, verified and renamed the file to `final`."""
@@ -80,8 +79,7 @@ class MergedTail:
                 return None
             self._head += chunk
         line = self._head.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace")
-        self._header = next(csv.reader([line]), [])
-        return self._header
+        return next(csv.reader([line]), [])
 
     async def stream(self) -> AsyncIterator[bytes]:
         """The payload as written. A run of blank characters is held back until more follows,

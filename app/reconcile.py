@@ -132,7 +132,9 @@ async def merge_and_measure(
     return merged, RawMeasured(raw, used)
 
 
-def _merged_worker(engine: AsyncEngine, ctx: RunContext, merge: MergeResult) -> Any:
+def _merged_worker(
+    engine: AsyncEngine, ctx: RunContext, merge: MergeResult
+) -> MergeStepWorker | LoadStepWorker:
     """The merge step's measuring process, which staged the merged file as it was written, or
     a new one that stages it now."""
     kept = take_for_load(ctx.run_id, merge.bucket, merge.path)
